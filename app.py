@@ -1,0 +1,10 @@
+"""Quantization Workbench: page setup and navigation. Pages hold no application logic."""
+
+import streamlit as st
+
+from ui.state import get_state
+
+st.set_page_config(page_title="Quantization Workbench", page_icon="🔬", layout="wide")
+get_state()
+page = st.navigation([st.Page("pages/graph.py", title="Graph", icon="🕸️", default=True)])
+page.run()

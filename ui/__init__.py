@@ -1,0 +1,1 @@
+"""The Streamlit layer: session state and cached library calls shared by the pages."""
