@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
+import inspect
 import logging
 import re
 import sys
@@ -132,26 +134,32 @@ def export_model(
 
     Returns the program, whether the batch dimension is dynamic, and notes for the user.
     """
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model)
+    with contextlib.suppress(NotImplementedError):
+        # Prepared/converted PT2E modules refuse eval(); they were moved to eval already.
+        model.eval()
     example_inputs = tuple(example_inputs)
-    notes: list[str] = []
     export_inputs = _batch_of_two_if_one(example_inputs)
     dynamic_shapes = _batch_dynamic_shapes(export_inputs, max_batch)
     try:
         program = torch.export.export(model, export_inputs, dynamic_shapes=dynamic_shapes)
-        return program, dynamic_shapes is not None, notes
+        return program, dynamic_shapes is not None, []
     except Exception as exc:
-        if not _is_batch_specialised(exc):
+        if dynamic_shapes is None or _is_data_dependent(exc):
             raise _explain_export_failure(exc, model, example_inputs) from exc
-    notes.append(
-        "The model fixes its batch size (e.g. a reshape with a literal batch), so it was "
-        f"captured for batch {_batch_size(example_inputs)} only."
-    )
+        dynamic_failure = exc
+    # Some models fix their batch size (a reshape with a literal batch, say): capture them
+    # for the example's batch rather than not at all.
     try:
         program = torch.export.export(model, example_inputs)
     except Exception as exc:
         raise _explain_export_failure(exc, model, example_inputs) from exc
-    return program, False, notes
+    note = (
+        f"The batch dimension could not be made dynamic ({first_line(dynamic_failure, limit=160)}"
+        f"), so the model was captured for batch {_batch_size(example_inputs)} only; a reshape "
+        "or view with a literal batch size is the usual cause."
+    )
+    return program, False, [note]
 
 
 def _load_sample(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
@@ -186,10 +194,17 @@ def _call_factory(path: Path, func: str) -> tuple[nn.Module, tuple[torch.Tensor,
         ) from exc
     factory = getattr(module, func, None)
     if not callable(factory):
-        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        found = sorted(
+            name
+            for name, value in vars(module).items()
+            if (inspect.isfunction(value) or _is_module_class(value))
+            and value.__module__ == module_name
+            and not name.startswith("_")
+        )
+        listed = ", ".join(found[:20]) + (f" and {len(found) - 20} more" if len(found) > 20 else "")
         raise ModelSpecError(
             f"{path} has no function '{func}'.",
-            "Name one of its functions: " + (", ".join(found[:12]) or "(none defined)") + ".",
+            "Name one of its functions: " + (listed or "(it defines none)") + ".",
         )
     try:
         result = factory()
@@ -199,6 +214,10 @@ def _call_factory(path: Path, func: str) -> tuple[nn.Module, tuple[torch.Tensor,
             "Fix the factory so that calling it with no arguments returns (model, example_inputs).",
         ) from exc
     return _check_factory_result(f"{path}:{func}", result)
+
+
+def _is_module_class(value: Any) -> bool:
+    return inspect.isclass(value) and issubclass(value, nn.Module)
 
 
 def _check_factory_result(
@@ -271,9 +290,8 @@ def _batch_dynamic_shapes(
     return tuple({0: dim} if t.dim() > 0 and t.shape[0] == batch else None for t in inputs)
 
 
-def _is_batch_specialised(exc: Exception) -> bool:
-    text = str(exc)
-    return "Constraints violated" in text and "batch" in text
+def _is_data_dependent(exc: Exception) -> bool:
+    return "data-dependent" in str(exc) or "DataDependent" in type(exc).__name__
 
 
 _USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)\n\s+(.+)')
@@ -283,7 +301,7 @@ def _explain_export_failure(
     exc: Exception, model: nn.Module, inputs: tuple[torch.Tensor, ...]
 ) -> Exception:
     text = str(exc)
-    if "data-dependent" in text or "DataDependent" in type(exc).__name__:
+    if _is_data_dependent(exc):
         where = ""
         call = text.split("The following call raised this error:", 1)
         if len(call) == 2 and (frame := _USER_FRAME.search(call[1])):
@@ -316,12 +334,23 @@ def _load_pt2(spec: ModelSpec, input_shape: Sequence[int] | None) -> CapturedMod
         raise ModelSpecError(
             f"No such file: {path}.", "Check the path; it is relative to the current directory."
         )
+    damaged = _damaged_member(path)
+    if damaged is not None:
+        raise ModelSpecError(
+            f"{path} is corrupt: {damaged} fails its checksum (the file was damaged in transfer "
+            "or on disk).",
+            "Copy or download it again, or re-create it with torch.export.save.",
+        )
+    import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops)
+
     start = time.perf_counter()
     try:
         program = torch.export.load(str(path))
     except (zipfile.BadZipFile, RuntimeError, KeyError, ValueError, EOFError) as exc:
         raise ModelSpecError(
-            f"{path} is not a readable .pt2 archive (corrupt or truncated): {first_line(exc)}",
+            f"{path} is not a readable .pt2 archive: it is corrupt or truncated, or was saved "
+            "by another torch/torchao version "
+            f"({first_line(exc).split('. Please check the warnings')[0]}).",
             "Re-create it with torch.export.save(torch.export.export(model, inputs), path).",
         ) from exc
     seconds = time.perf_counter() - start
@@ -339,8 +368,19 @@ def _load_pt2(spec: ModelSpec, input_shape: Sequence[int] | None) -> CapturedMod
     return CapturedModel(spec, program, inputs, dynamic, seconds)
 
 
+def _damaged_member(path: Path) -> str | None:
+    """The first archive member whose CRC does not match (torch.export.load does not check)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None  # not a readable zip at all: torch.export.load reports that below
+
+
 def _check_program_accepts(program: ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> None:
-    expected = ", ".join(str(s) for s in _user_input_shapes(program))
+    expected = ", ".join(
+        "(" + ", ".join(str(d) for d in shape) + ")" for shape in _user_input_shapes(program)
+    )
     got = ", ".join(str(tuple(t.shape)) for t in inputs)
     try:
         with torch.no_grad():

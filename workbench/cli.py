@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from torch.fx import GraphModule
+
+    from workbench.capture import CapturedModel
+    from workbench.recipe import Recipe
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 log = logging.getLogger("workbench")
@@ -72,8 +79,55 @@ def _parser() -> argparse.ArgumentParser:
         help="dot/svg: collapse further until at most this many boxes are drawn "
         "(default 1500; 0 draws everything)",
     )
+    inspect.add_argument(
+        "--stage", choices=("exported", "prepared", "converted"), default="exported"
+    )
+    _add_recipe_args(inspect)
+    inspect.add_argument(
+        "--data", default=None, help="prepared/converted: calibration data (default: see quantize)"
+    )
     inspect.set_defaults(handler=_inspect)
+
+    quantize = commands.add_parser(
+        "quantize", help="PTQ or QAT a model and write a reload-checked .pt2 and a report"
+    )
+    _add_model_args(quantize)
+    _add_recipe_args(quantize)
+    quantize.add_argument(
+        "--data",
+        default=None,
+        help="digits | random | path/to/file.py:FUNC (default: digits for 1x8x8 inputs, "
+        "else random)",
+    )
+    quantize.add_argument(
+        "--steps", type=int, default=None, help="QAT steps (120) or PTQ calibration batches (16)"
+    )
+    quantize.add_argument("--batch-size", type=int, default=64)
+    quantize.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate (Adam)")
+    quantize.add_argument("--out", type=Path, required=True, help="the .pt2 to write")
+    quantize.add_argument("--report", type=Path, default=None, help="the JSON report to write")
+    quantize.add_argument(
+        "--recipe-out",
+        type=Path,
+        default=None,
+        help="where to save the recipe used (default: beside --out as NAME.recipe.json)",
+    )
+    quantize.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    quantize.set_defaults(handler=_quantize)
     return parser
+
+
+def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", type=Path, default=None, help="recipe JSON (see README)")
+    parser.add_argument(
+        "--mode", choices=("ptq", "qat"), default=None, help="overrides the recipe's mode"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("x86_inductor", "xnnpack"),
+        default=None,
+        help="overrides the recipe's backend",
+    )
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +168,7 @@ def _inspect(args: argparse.Namespace) -> int:
     captured = capture(args.model, input_shape=args.input_shape)
     for note in captured.notes:
         log.warning(note)
-    view = describe(captured.graph_module(), stage="exported")
+    view = describe(_stage_module(args, captured), stage=args.stage)
     if args.format == "json":
         document = {"model": str(captured.spec), **view.as_dict()}
         text = json.dumps(document, indent=2) + "\n"
@@ -143,26 +197,96 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stage_module(args: argparse.Namespace, captured: CapturedModel) -> GraphModule:
+    from workbench.data import load_data
+    from workbench.pipeline import calibrate, convert, prepare
+
+    if args.stage == "exported":
+        if args.recipe is not None:
+            from workbench.graph import describe
+            from workbench.recipe import validate
+
+            validate(_recipe(args), describe(captured.graph_module()))
+        return captured.graph_module()
+    prepared = prepare(captured, _recipe(args))
+    if args.stage == "prepared":
+        return prepared.graph_module
+    data = load_data(_default_data(args.data, captured), captured.example_inputs)
+    return convert(calibrate(prepared, data, batches=4)).graph_module
+
+
+def _recipe(args: argparse.Namespace) -> Recipe:
+    from workbench.recipe import Recipe, RecipeError
+
+    recipe = Recipe()
+    if args.recipe is not None:
+        try:
+            text = args.recipe.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RecipeError(
+                f"Cannot read the recipe {args.recipe}: {exc.strerror}.", "Check the path."
+            ) from exc
+        recipe = Recipe.from_json(text, source=str(args.recipe))
+    changes = {k: v for k, v in (("mode", args.mode), ("backend", args.backend)) if v}
+    return dataclasses.replace(recipe, **changes) if changes else recipe
+
+
+def _default_data(data: str | None, captured: CapturedModel) -> str:
+    if data is not None:
+        return data
+    inputs = captured.example_inputs
+    return "digits" if len(inputs) == 1 and tuple(inputs[0].shape[1:]) == (1, 8, 8) else "random"
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from workbench.capture import capture
+    from workbench.flow import build
+
+    recipe = _recipe(args)
+    if args.out.suffix != ".pt2":
+        raise WorkbenchError(f"--out {args.out} does not end in .pt2.", "Name the file MODEL.pt2.")
+    from workbench.export import check_writable
+
+    for path in (args.out, args.report, args.recipe_out):
+        if path is not None:
+            check_writable(path)
+    captured = capture(args.model, input_shape=args.input_shape)
+    for note in captured.notes:
+        log.warning(note)
+    recipe_out = args.recipe_out or args.out.with_name(args.out.stem + ".recipe.json")
+    result = build(
+        captured, recipe, data=_default_data(args.data, captured), out=args.out,
+        report_path=args.report, recipe_path=recipe_out, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, progress=None if args.quiet else _progress_line,
+    )  # fmt: skip
+    quality = result.report["quality"]
+    files = result.report["files"]
+    unit = "" if quality["metric"] == "mse" else " %"
+    print(
+        f"wrote {args.out} ({files['bytes']:,} bytes, {files['ratio_to_float']:.2f}x float); "
+        f"{quality['metric']} float {quality['float']:.2f}{unit}, "
+        f"quantized {quality['quantized']:.2f}{unit}; reload check max |diff| "
+        f"{result.saved.max_abs_diff:.3g}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _progress_line(stage: str, done: int, total: int, info: dict[str, object]) -> None:
+    step = max(1, total // 4)
+    if done == total or done % step == 0:
+        loss = f" loss {info['loss']:.4f}" if "loss" in info else ""
+        print(f"{stage} {done}/{total}{loss}", file=sys.stderr, flush=True)
+
+
 def _write(text: str, out: Path | None) -> None:
+    from workbench.export import check_writable, write_text
+
     if out is None:
         sys.stdout.write(text)
         return
-    if not out.parent.is_dir():
-        raise WorkbenchError(
-            f"Cannot write {out}: the folder {out.parent} does not exist.", "Create it first."
-        )
-    # Write beside the target and rename, so a failure never leaves a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    check_writable(out)
+    write_text(out, text)
 
 
 def _configure_logging(debug: bool) -> None:

@@ -275,6 +275,9 @@ def provenance(node: Node) -> tuple[str, ...] | None:
     """
     if node.op == "get_attr":
         return ("param", str(node.target))
+    if node.op == "call_module":
+        # prepare copies from_node onto some observers but not others; none stands for an op.
+        return None
     sources = node.meta.get("from_node") or []
     if not sources:
         return None

@@ -158,7 +158,9 @@ def render_for_screen(
     depth = 1 if max_depth(view) else None
     loose = count_boxes(view, collapse_depth=depth, fold_params=fold_params)
     chunk = max(2, math.ceil(loose / max(1, node_budget // 2)))
-    while (boxes := count_boxes(view, collapse_depth=depth, chunk_size=chunk)) > node_budget:
+    while (
+        boxes := count_boxes(view, collapse_depth=depth, chunk_size=chunk, fold_params=fold_params)
+    ) > node_budget:
         chunk *= 2
     dot = to_dot(view, collapse_depth=depth, chunk_size=chunk, overlay=overlay,
                  fold_params=fold_params)  # fmt: skip
@@ -195,18 +197,18 @@ def _items(
     items: list[_Item] = []
     boxes: dict[str, _Item] = {}
     rep: dict[str, str] = {}
-    loose = 0
+    top_level: dict[str, int] = {}  # with chunking: top-level module or node -> its position
     for node in view.nodes:
         if fold_params and node.is_param:
             continue
         chain = node.module_chain
-        if collapse_depth is not None and len(chain) >= collapse_depth:
+        if chunk_size is not None and (not chain or collapse_depth == 1):
+            # Consecutive top-level boxes (loose nodes and whole top-level modules) share one.
+            position = top_level.setdefault(chain[0] if chain else node.name, len(top_level))
+            item = _box(boxes, items, f"chunk/{position // chunk_size}", "chunk", ())
+        elif collapse_depth is not None and len(chain) >= collapse_depth:
             path = chain[collapse_depth - 1]
             item = _box(boxes, items, "module/" + path, "module", chain[: collapse_depth - 1])
-        elif chunk_size is not None and not chain:
-            index = loose // chunk_size
-            loose += 1
-            item = _box(boxes, items, f"chunk/{index}", "chunk", ())
         else:
             item = _Item(node.name, "node", chain, node)
             items.append(item)
@@ -264,9 +266,9 @@ def _emit_item(dot: graphviz.Digraph, item: _Item, types: dict[str, str], overla
     else:
         path = item.id.split("/", 1)[1]
         if item.kind == "module":
-            lines = [path, types.get(path, ""), f"{item.count} nodes"]
+            lines = [path, types.get(path, ""), _count(item.count)]
         else:
-            lines = [f"{item.first} … {item.last}", f"{item.count} nodes"]
+            lines = [f"{item.first} … {item.last}", _count(item.count)]
         lines = [line for line in lines if line]
         fill, tooltip, shape = MODULE_BOX_COLOUR, " / ".join(lines), "box3d"
     if extra.badge:
@@ -278,6 +280,10 @@ def _emit_item(dot: graphviz.Digraph, item: _Item, types: dict[str, str], overla
     if shape:
         attrs["shape"] = shape
     dot.node(item.id, id=item.id, **attrs)
+
+
+def _count(count: int) -> str:
+    return f"{count} node" if count == 1 else f"{count} nodes"
 
 
 def _node_lines(node: NodeInfo) -> list[str]:

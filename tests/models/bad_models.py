@@ -48,12 +48,35 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class FixedBatchOfOne(nn.Module):
+    """Reshapes with a literal batch size of 1; exportable, but only for batch 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(1, 8))
+
+
+# A model instance that outlives the factory call, so a test can mutate it after capture.
+SHARED = Mlp()
+
+
+def shared_mlp():
+    return SHARED, (torch.rand(3, 4, generator=torch.Generator().manual_seed(2)),)
+
+
 def data_dependent():
     return DataDependent(), (torch.ones(3, 4),)
 
 
 def fixed_batch():
     return FixedBatch(), (torch.ones(4, 2, 4),)
+
+
+def fixed_batch_of_one():
+    return FixedBatchOfOne(), (torch.ones(1, 2, 4),)
 
 
 def mlp():

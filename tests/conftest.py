@@ -1,0 +1,105 @@
+"""Shared fixtures: each sample model is captured once per test session.
+
+The 10,002-node render check (tests/models/deep_render_report.py) spends 10-20 s exporting,
+so it runs in a background process started right after collection, while the other tests run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import sample_models
+from workbench.capture import CapturedModel, capture
+from workbench.graph import GraphView, describe
+
+SAMPLE_NAMES = ("digits_cnn", "mobilenet", "attention_mlp")
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+BAD_MODELS = MODELS_DIR / "bad_models.py"
+DEEP_REPORT_SCRIPT = MODELS_DIR / "deep_render_report.py"
+
+# Background work: name -> (process, report path). Started right after collection, and only
+# when a selected test needs it; its output goes to files beside the report, not to pipes.
+_BACKGROUND: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+
+
+def _start_deep_report() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="workbench-deep-"))
+    out = folder / "report.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(folder / "stdout.txt", "wb") as stdout, open(folder / "stderr.txt", "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(DEEP_REPORT_SCRIPT), str(out)],
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    _BACKGROUND["deep_report"] = (proc, out)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any("deep_report" in getattr(item, "fixturenames", ()) for item in session.items):
+        _start_deep_report()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for proc, out in _BACKGROUND.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        shutil.rmtree(out.parent, ignore_errors=True)
+    _BACKGROUND.clear()
+
+
+@pytest.fixture(scope="session")
+def deep_report() -> dict[str, Any]:
+    """The JSON report of tests/models/deep_render_report.py (10,002-node graph, budget 1500)."""
+    if "deep_report" not in _BACKGROUND:
+        _start_deep_report()
+    proc, out = _BACKGROUND["deep_report"]
+    returncode = proc.wait(timeout=600)
+    stderr = (out.parent / "stderr.txt").read_text(encoding="utf-8", errors="replace")
+    assert returncode == 0, stderr[-4000:]
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def captured() -> dict[str, CapturedModel]:
+    """`capture("sample:NAME")` of every sample, done once."""
+    return {name: capture(f"sample:{name}") for name in SAMPLE_NAMES}
+
+
+@pytest.fixture(scope="session")
+def views(captured: dict[str, CapturedModel]) -> dict[str, GraphView]:
+    """`describe()` of each captured sample's graph module."""
+    return {name: describe(c.graph_module()) for name, c in captured.items()}
+
+
+@pytest.fixture(scope="session")
+def digits_pt2(
+    captured: dict[str, CapturedModel], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The captured digits CNN saved with torch.export.save (a real .pt2 file)."""
+    path = tmp_path_factory.mktemp("pt2") / "digits_cnn.pt2"
+    torch.export.save(captured["digits_cnn"].program, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_test_x() -> torch.Tensor:
+    return sample_models.load_digits_split().test_x
+
+
+@pytest.fixture(scope="session")
+def bad_models() -> Path:
+    """Absolute path of tests/models/bad_models.py (factories for `path.py:FUNC` specs)."""
+    return BAD_MODELS

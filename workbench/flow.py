@@ -1,0 +1,201 @@
+"""The whole headless build: capture -> prepare -> calibrate/train -> convert -> export + report.
+
+The app runs the same steps one by one; the CLI's `quantize` runs them all through `build`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.capture import CapturedModel
+from workbench.data import Dataset, load_data
+from workbench.export import SavedModel, program_for, program_size, save_program, write_text
+from workbench.pipeline import (
+    QatConfig,
+    Stage,
+    calibrate,
+    convert,
+    evaluate,
+    exported_stage,
+    prepare,
+    train_qat,
+)
+from workbench.recipe import Recipe
+
+Progress = Callable[[str, int, int, dict[str, Any]], None]
+QUANT_OPS = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel",
+             "dequantize_per_channel")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What `build` made: every stage, the saved model and the report."""
+
+    stages: dict[str, Stage]
+    saved: SavedModel
+    report: dict[str, Any] = field(repr=False)
+
+
+def build(
+    captured: CapturedModel,
+    recipe: Recipe,
+    *,
+    data: str,
+    out: Path,
+    report_path: Path | None = None,
+    recipe_path: Path | None = None,
+    steps: int | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Quantize `captured` as `recipe` says and write a reload-checked .pt2 (and a report).
+
+    `steps` is calibration batches (PTQ, default 16) or training steps (QAT, default 120).
+    Nothing is written at `out` unless every stage succeeded and the reload check passed.
+    """
+    timings: dict[str, float] = {"capture": captured.export_seconds}
+    start = time.perf_counter()
+    dataset = load_data(data, captured.example_inputs)
+    timings["data"] = time.perf_counter() - start
+    float_stage = exported_stage(captured)
+    prepared = prepare(captured, recipe)
+    timings["prepare"] = prepared.seconds
+    stages = {"exported": float_stage, "prepared": prepared}
+
+    def report_progress(name: str) -> Callable[[int, int, dict[str, Any]], None] | None:
+        if progress is None:
+            return None
+        return lambda done, total, info: progress(name, done, total, info)
+
+    if recipe.mode == "qat":
+        config = QatConfig(steps=120 if steps is None else steps, batch_size=batch_size, lr=lr)
+        tuned = train_qat(
+            prepared, dataset, config, teacher=float_stage.graph_module,
+            progress=report_progress("train"),
+        )  # fmt: skip
+    else:
+        tuned = calibrate(
+            prepared, dataset, batches=16 if steps is None else steps, batch_size=batch_size,
+            progress=report_progress("calibrate"),
+        )  # fmt: skip
+    timings[tuned.name] = tuned.seconds
+    stages[tuned.name] = tuned
+    converted = convert(tuned)
+    timings["convert"] = converted.seconds
+    stages["converted"] = converted
+    if progress is not None:
+        progress("export", 0, 1, {})
+    start = time.perf_counter()
+    program = program_for(converted.graph_module, captured.example_inputs)
+    timings["export"] = time.perf_counter() - start
+    check = [inputs for inputs, _ in dataset.eval_batches(128)][:4]
+    saved = save_program(
+        program,
+        out,
+        reference=converted.graph_module,
+        check_inputs=[*check, captured.example_inputs],
+    )
+    timings["save"], timings["reload"] = saved.export_seconds, saved.reload_seconds
+    report = make_report(captured, recipe, dataset, stages, saved, timings)
+    if report_path is not None:
+        write_text(report_path, json.dumps(report, indent=2) + "\n")
+    if recipe_path is not None:
+        write_text(recipe_path, recipe.to_json())
+    if progress is not None:
+        progress("export", 1, 1, {})
+    return BuildResult(stages, saved, report)
+
+
+def make_report(
+    captured: CapturedModel,
+    recipe: Recipe,
+    dataset: Dataset,
+    stages: dict[str, Stage],
+    saved: SavedModel,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The JSON report: quality before/after, per-node SQNR, op counts, timings, file sizes."""
+    from workbench.numeric import per_node_sqnr
+
+    float_gm = stages["exported"].graph_module
+    converted = stages["converted"].graph_module
+    quality: dict[str, Any] = {
+        "metric": dataset.quality,
+        "data": dataset.spec,
+        "eval_samples": dataset.eval_size,
+        "float": evaluate(float_gm, dataset, teacher=float_gm),
+        "quantized": evaluate(converted, dataset, teacher=float_gm),
+    }
+    if "trained" in stages:
+        quality["fake_quant"] = evaluate(stages["trained"].graph_module, dataset, teacher=float_gm)
+    sample = next(iter(dataset.eval_batches(256)))[0]
+    errors = per_node_sqnr(float_gm, converted, sample)
+    float_bytes = program_size(program_for(float_gm, captured.example_inputs))
+    return {
+        "model": str(captured.spec),
+        "recipe": recipe.as_dict(),
+        "quality": quality,
+        "per_node_sqnr_db": [
+            {
+                "node": e.node,
+                "exported": e.exported,
+                "reference": e.reference,
+                "sqnr_db": _finite(e.sqnr_db),
+                "bn_folded": e.bn_folded,
+                "quantized": e.quantized,
+            }
+            for e in errors
+        ],
+        "converted_ops": op_counts(converted),
+        "overrides_applied": {
+            name: {"rule": eff.rule, "setting": eff.setting.fields_set()}
+            for name, eff in stages["prepared"].applied.items()
+            if eff.rule != "default"
+        },
+        "stages": {
+            name: {
+                "created_by": s.created_by,
+                "seconds": round(s.seconds, 4),
+                "notes": list(s.notes),
+            }
+            for name, s in stages.items()
+        },
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "files": {
+            "model": str(saved.path),
+            "bytes": saved.bytes,
+            "float_bytes": float_bytes,
+            "ratio_to_float": round(saved.bytes / float_bytes, 4),
+        },
+        "reload_check": {
+            "batches": saved.batches_checked,
+            "max_abs_diff": saved.max_abs_diff,
+            "bit_equal": saved.bit_equal,
+            "dynamic_batch": saved.dynamic_batch,
+        },
+        "torch": torch.__version__,
+    }
+
+
+def op_counts(gm: torch.fx.GraphModule) -> dict[str, int]:
+    """How many of each op a graph calls (q/dq ops, batch_norm, conv2d, ...)."""
+    from workbench.graph import readable_op
+
+    counts: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function":
+            name = readable_op(node)
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _finite(value: float) -> float | None:
+    return None if value == float("inf") else round(value, 3)

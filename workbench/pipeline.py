@@ -1,0 +1,296 @@
+"""The PT2E stages as immutable snapshots: exported, prepared, calibrated/trained, converted.
+
+Every function takes a stage and returns a new one; torchao's passes mutate their input, so
+each works on a deep copy and the stage it was given stays as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.fx import GraphModule
+from torchao.quantization.pt2e import (
+    disable_observer,
+    move_exported_model_to_eval,
+    move_exported_model_to_train,
+)
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+
+from workbench.capture import CapturedModel
+from workbench.data import Dataset
+from workbench.errors import InputShapeError, WorkbenchError, first_line
+from workbench.graph import GraphView, describe
+from workbench.quantizer import RecipeQuantizer
+from workbench.recipe import Effective, Recipe, validate
+
+Progress = Callable[[int, int, dict[str, Any]], None]
+StopRequested = Callable[[], bool]
+
+
+class TrainingError(WorkbenchError):
+    """Training could not go on (for example, the loss became NaN)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One snapshot of the model: treat `graph_module` as read-only, copy before changing it."""
+
+    name: str
+    graph_module: GraphModule
+    created_by: str
+    seconds: float
+    recipe: Recipe | None = None
+    applied: dict[str, Effective] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    history: tuple[dict[str, Any], ...] = ()
+
+    def view(self) -> GraphView:
+        return describe(self.graph_module, stage=self.name)
+
+    def copy_module(self) -> GraphModule:
+        return copy.deepcopy(self.graph_module)
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    """How to train with fake quantization in the loop."""
+
+    steps: int = 120
+    batch_size: int = 64
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    freeze_bn_step: int | None = None  # default: 60 % of the steps
+    freeze_observer_step: int | None = None  # default: 80 % of the steps
+    eval_every: int = 0  # 0: only at the end
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or not (self.lr > 0):
+            raise WorkbenchError(
+                f"QAT settings steps={self.steps}, batch_size={self.batch_size}, lr={self.lr} "
+                "are out of range.",
+                "Use steps >= 0, batch_size >= 1 and a positive learning rate.",
+            )
+        if self.optimizer not in ("adam", "sgd"):
+            raise WorkbenchError(f"Unknown optimizer {self.optimizer!r}.", "Use adam or sgd.")
+
+    @property
+    def bn_freeze_at(self) -> int:
+        return self.freeze_bn_step if self.freeze_bn_step is not None else int(self.steps * 0.6)
+
+    @property
+    def observer_freeze_at(self) -> int:
+        step = self.freeze_observer_step
+        return step if step is not None else int(self.steps * 0.8)
+
+
+def exported_stage(captured: CapturedModel) -> Stage:
+    """The captured graph as the first stage."""
+    return Stage(
+        "exported", captured.graph_module(), "torch.export.export", captured.export_seconds
+    )
+
+
+def prepare(captured: CapturedModel, recipe: Recipe) -> Stage:
+    """Annotate with the recipe and insert observers (PTQ) or fake quantizers (QAT)."""
+    view = describe(captured.graph_module(), stage="exported")
+    validate(recipe, view)
+    quantizer = RecipeQuantizer(recipe, view)
+    start = time.perf_counter()
+    gm = captured.graph_module()
+    if recipe.mode == "qat":
+        prepared = prepare_qat_pt2e(gm, quantizer)
+        how = f"prepare_qat_pt2e ({recipe.backend})"
+    else:
+        prepared = prepare_pt2e(gm, quantizer)
+        how = f"prepare_pt2e ({recipe.backend})"
+    return Stage(
+        "prepared", prepared, how, time.perf_counter() - start, recipe, dict(quantizer.applied)
+    )
+
+
+def calibrate(
+    stage: Stage,
+    data: Dataset,
+    *,
+    batches: int = 16,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    should_stop: StopRequested | None = None,
+) -> Stage:
+    """Run calibration batches through a copy of a prepared stage so observers record ranges."""
+    model = stage.copy_module()
+    move_exported_model_to_eval(model)
+    start = time.perf_counter()
+    done = 0
+    with torch.no_grad():
+        for inputs, _ in itertools.islice(data.train_batches(batch_size), batches):
+            if should_stop is not None and should_stop():
+                break
+            run(model, inputs)
+            done += 1
+            if progress is not None:
+                progress(done, batches, {"stage": "calibrate"})
+    notes = () if done == batches else (f"calibration stopped after {done} of {batches} batches",)
+    return Stage(
+        "calibrated", model, f"calibrate: {done} batches of {batch_size} from {data.spec}",
+        time.perf_counter() - start, stage.recipe, stage.applied, notes,
+    )  # fmt: skip
+
+
+def train_qat(
+    stage: Stage,
+    data: Dataset,
+    config: QatConfig,
+    *,
+    teacher: GraphModule | None = None,
+    progress: Progress | None = None,
+    should_stop: StopRequested | None = None,
+) -> Stage:
+    """Train a copy of a QAT-prepared stage; BN statistics and observers freeze on schedule.
+
+    `teacher` (the float model) supplies targets when the data has none.
+    """
+    if data.quality == "agreement" and teacher is None:
+        raise ValueError("data without targets needs the float model as teacher")
+    torch.manual_seed(config.seed)
+    model = stage.copy_module()
+    move_exported_model_to_train(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer = (
+        torch.optim.Adam(params, lr=config.lr)
+        if config.optimizer == "adam"
+        else torch.optim.SGD(params, lr=config.lr, momentum=0.9)
+    )
+    history: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    step = 0
+    batches = data.train_batches(config.batch_size, seed=config.seed)
+    for step in range(1, config.steps + 1):
+        if should_stop is not None and should_stop():
+            step -= 1
+            break
+        if step > config.bn_freeze_at:
+            freeze_bn_(model)
+        if step == config.observer_freeze_at + 1:
+            model.apply(disable_observer)
+        inputs, targets = next(batches)
+        loss = _loss(model, inputs, targets, data, teacher)
+        if not math.isfinite(loss.item()):
+            raise TrainingError(
+                f"The training loss became {loss.item()} at step {step}.",
+                "Lower the learning rate (e.g. --lr 1e-4) or check the data for extreme values.",
+            )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        record = {"stage": "train", "step": step, "loss": float(loss.item())}
+        history.append(record)
+        if progress is not None:
+            progress(step, config.steps, record)
+    move_exported_model_to_eval(model)
+    notes = () if step == config.steps else (f"training stopped after {step} of {config.steps}",)
+    return Stage(
+        "trained", model, f"QAT: {step} steps of {config.batch_size} from {data.spec}",
+        time.perf_counter() - start, stage.recipe, stage.applied, notes, tuple(history),
+    )  # fmt: skip
+
+
+def freeze_bn_(model: GraphModule) -> None:
+    """Use running BN statistics from now on (aten.batch_norm's `training` argument is 5)."""
+    changed = False
+    for node in model.graph.nodes:
+        if node.target is torch.ops.aten.batch_norm.default and node.args[5] is not False:
+            node.args = (*node.args[:5], False, *node.args[6:])
+            changed = True
+    if changed:
+        model.recompile()
+
+
+def convert(stage: Stage, *, reference: bool = False) -> Stage:
+    """Fold BN, replace observers with quantize/dequantize and weights with int tensors."""
+    model = stage.copy_module()
+    move_exported_model_to_eval(model)
+    start = time.perf_counter()
+    converted = convert_pt2e(model, use_reference_representation=reference, fold_quantize=True)
+    move_exported_model_to_eval(converted)
+    how = "convert_pt2e" + (" (reference representation)" if reference else "")
+    return Stage(
+        "converted", converted, how, time.perf_counter() - start, stage.recipe, stage.applied
+    )
+
+
+def run(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Call a captured/prepared/converted module and return its first output tensor."""
+    try:
+        out = model(*inputs)
+    except (RuntimeError, AssertionError) as exc:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise InputShapeError(
+            f"The model failed on inputs of shape {shapes}: {first_line(exc)}",
+            "Give data shaped like the model's example inputs.",
+        ) from exc
+    while isinstance(out, tuple | list):
+        out = out[0]
+    return out
+
+
+def evaluate(
+    model: torch.nn.Module, data: Dataset, *, teacher: torch.nn.Module | None = None
+) -> float:
+    """Quality on the evaluation split: accuracy %, agreement % with `teacher`, or MSE.
+
+    A model with observers is evaluated as a copy with observers off, since observers
+    record ranges in eval mode too.
+    """
+    if isinstance(model, GraphModule) and _has_observers(model):
+        model = copy.deepcopy(model)
+        model.apply(disable_observer)
+    hits, samples, squared, elements = 0.0, 0, 0.0, 0
+    with torch.no_grad():
+        for inputs, targets in data.eval_batches():
+            out = run(model, inputs)
+            samples += int(inputs[0].shape[0])
+            if data.quality == "accuracy":
+                assert targets is not None
+                hits += float((out.argmax(-1) == targets).sum())
+            elif data.quality == "mse":
+                assert targets is not None
+                squared += float(((out - targets.to(out.dtype)) ** 2).sum())
+                elements += out.numel()
+            else:
+                assert teacher is not None
+                hits += float((out.argmax(-1) == run(teacher, inputs).argmax(-1)).sum())
+    if data.quality == "mse":
+        return squared / max(elements, 1)
+    return 100.0 * hits / max(samples, 1)
+
+
+def _loss(
+    model: GraphModule,
+    inputs: tuple[torch.Tensor, ...],
+    targets: torch.Tensor | None,
+    data: Dataset,
+    teacher: GraphModule | None,
+) -> torch.Tensor:
+    out = run(model, inputs)
+    if data.quality == "accuracy":
+        assert targets is not None
+        return torch.nn.functional.cross_entropy(out, targets)
+    if targets is None:
+        assert teacher is not None
+        with torch.no_grad():
+            targets = run(teacher, inputs)
+    return torch.nn.functional.mse_loss(out, targets.to(out.dtype))
+
+
+def _has_observers(model: GraphModule) -> bool:
+    return any(n.op == "call_module" and "activation_post_process" in str(n.target)
+               for n in model.graph.nodes)  # fmt: skip
