@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from workbench.capture import CapturedModel, ModelSpec
 from workbench.capture import capture as _capture
 from workbench.errors import WorkbenchError
 from workbench.graph import GraphView, describe
+from workbench.pattern_cache import install_pattern_cache, warm_pattern_cache
 from workbench.render import dot_to_svg
 
 STATE_KEY = "workbench"
@@ -35,8 +37,18 @@ class AppState:
     history: list[str] = field(default_factory=list)
 
 
+@st.cache_resource(show_spinner=False)
+def _pattern_cache_started() -> threading.Thread:
+    """Install torchao's pattern cache once per server and fill it in the background."""
+    install_pattern_cache()
+    thread = threading.Thread(target=warm_pattern_cache, name="warm-pattern-cache", daemon=True)
+    thread.start()
+    return thread
+
+
 def get_state() -> AppState:
     """The session's state, created on first use with the start-up model loaded."""
+    _pattern_cache_started()
     if STATE_KEY not in st.session_state:
         state = AppState()
         st.session_state[STATE_KEY] = state

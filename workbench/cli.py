@@ -31,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 internal error, 2 bad input)."""
     args = _parser().parse_args(argv)
     _configure_logging(args.debug)
+    if not args.no_pattern_cache:
+        from workbench.pattern_cache import install_pattern_cache
+
+        install_pattern_cache()
     try:
         if args.debug:
             return int(args.handler(args))
@@ -141,6 +145,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         help="example input shape, batch first, e.g. 4,1,8,8 (replaces the model's own)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and torch logs")
+    parser.add_argument(
+        "--no-pattern-cache",
+        action="store_true",
+        help="use torchao's pattern export on every call (slow; for comparison)",
+    )
 
 
 def _shape(text: str) -> tuple[int, ...]:
