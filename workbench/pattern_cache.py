@@ -134,9 +134,9 @@ def pattern_key(
     """Everything that determines a pattern's exported graph; raises _Uncacheable otherwise."""
     return (
         _callable_key(pattern, depth=0),
-        tuple(_value_key(x) for x in example_inputs),
+        tuple(_value_key(x, traced=True) for x in example_inputs),
         bool(is_cuda),
-        tuple(sorted((k, _value_key(v)) for k, v in kwargs.items())),
+        tuple(sorted((k, _value_key(v, traced=True)) for k, v in kwargs.items())),
     )
 
 
@@ -166,14 +166,20 @@ def _callable_key(fn: Any, *, depth: int) -> tuple[Any, ...]:
     raise _Uncacheable(f"callable of type {type(fn).__name__}")
 
 
-def _value_key(value: Any, depth: int = 0) -> Any:
+def _value_key(value: Any, depth: int = 0, *, traced: bool = False) -> Any:
+    """Key of a value; `traced` values are export inputs, whose tensor values do not matter."""
     if isinstance(value, torch.Tensor):
-        # Pattern graphs come from tracing with these shapes; values are never specialised.
+        if not traced:
+            # A tensor held by the pattern itself becomes a constant of the graph.
+            raise _Uncacheable("tensor captured by the pattern")
         return ("tensor", tuple(value.shape), value.dtype, value.device.type, value.requires_grad)
     if isinstance(value, (*_PRIMITIVES, torch.qscheme)):
         return (type(value).__name__, value)
     if isinstance(value, tuple | list):
-        return (type(value).__name__, tuple(_value_key(v, depth + 1) for v in value))
+        return (
+            type(value).__name__,
+            tuple(_value_key(v, depth + 1, traced=traced) for v in value),
+        )
     if callable(value):
         return _callable_key(value, depth=depth + 1)
     raise _Uncacheable(f"value of type {type(value).__name__}")
