@@ -7,6 +7,13 @@ the pattern function (its code, closure values and defaults), the example inputs
 dtypes and devices, the keyword arguments and `is_cuda`. This module caches the exported
 graph under exactly that key and hands out deep copies, since callers rewrite them.
 
+QAT conv-bn fusion (prepare) and folding (convert) also try every conv type — conv1d,
+conv2d, conv_transpose1d, conv_transpose2d — exporting and matching its patterns even when the
+graph has no such conv. Where a conv type is absent no pattern can match, so the installed
+cache runs just the side effects those helpers have without a match (dead-code elimination,
+dequantize duplication and its reversal, unused-submodule cleanup) and skips the rest. That
+replica is only installed when torchao's and torch's sources are exactly the ones it copies.
+
 `install_pattern_cache()` patches the function where torchao looks it up and
 `uninstall_pattern_cache()` restores it. Anything the key cannot describe exactly (a tensor
 captured in a closure, an unknown object) goes to torchao's own function uncached, and if
@@ -57,6 +64,7 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     uncached: int = 0
+    skipped_helpers: int = 0
 
 
 class PatternCache:
@@ -70,6 +78,7 @@ class PatternCache:
         self.original = original
         self.strict = strict
         self.stats = CacheStats()
+        self.skipping = False  # whether helpers for absent conv types are skipped
         self._graphs: dict[tuple[Any, ...], GraphModule] = {}
         # torch.export is not thread-safe: misses export one at a time.
         self._lock = threading.Lock()
@@ -201,6 +210,7 @@ def install_pattern_cache(*, strict: bool = False) -> PatternCache | None:
         cache = PatternCache(getattr(modules[0], _FUNCTION), strict=strict)
         for module in modules:
             setattr(module, _FUNCTION, cache)
+        cache.skipping = _install_conv_skips()
         _installed = cache
         return cache
 
@@ -214,6 +224,7 @@ def uninstall_pattern_cache() -> None:
         for module in _modules():
             if getattr(module, _FUNCTION, None) is _installed:
                 setattr(module, _FUNCTION, _installed.original)
+        _uninstall_conv_skips()
         _installed = None
 
 
@@ -290,3 +301,103 @@ def _patch_sites() -> list[types.ModuleType] | None:
         log.warning("pattern cache off: torchao's modules hold different %s", _FUNCTION)
         return None
     return modules
+
+
+# sha256 (first 16 hex digits) of the sources the conv-helper skip replicates.
+_REPLICATED_SOURCES = {
+    ("torchao.quantization.pt2e.qat_utils", "_fuse_conv_bn_qat_helper"): "bbed991592d56c25",
+    ("torchao.quantization.pt2e.qat_utils", "_fold_conv_bn_qat_helper"): "a7f715d1f9f169b0",
+    ("torchao.quantization.pt2e.qat_utils", "_fuse_conv_bn_qat"): "025776382b400f1f",
+    ("torchao.quantization.pt2e.qat_utils", "_fold_conv_bn_qat"): "3454a434fefddb02",
+    ("torch.fx.subgraph_rewriter", "_replace_pattern"): "bb1c8a5a74cef19d",
+    ("torch.fx.subgraph_rewriter", "_replace_attributes"): "e29e0dd24a0d3623",
+}
+_HELPERS = ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")
+_original_helpers: dict[str, Callable[..., GraphModule]] = {}
+
+
+def _sources_match() -> bool:
+    import hashlib
+    import importlib
+
+    for (module_name, name), expected in _REPLICATED_SOURCES.items():
+        function = getattr(importlib.import_module(module_name), name, None)
+        try:
+            source = inspect.getsource(function)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            return False
+        if hashlib.sha256(source.encode()).hexdigest()[:16] != expected:
+            log.warning("conv-helper skip off: %s.%s changed", module_name, name)
+            return False
+    return True
+
+
+def _has_conv(m: GraphModule, conv_fn: Callable[..., Any]) -> bool:
+    name = getattr(conv_fn, "__name__", None)
+    return name is None or any(
+        node.op == "call_function"
+        and isinstance(node.target, torch._ops.OpOverload)
+        and node.target._overloadpacket.__name__ == name
+        for node in m.graph.nodes
+    )
+
+
+def _skipping_fuse(m: GraphModule, conv_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    import torchao.quantization.pt2e.qat_utils as qat_utils
+
+    if _has_conv(m, conv_fn):
+        return _original_helpers["_fuse_conv_bn_qat_helper"](m, conv_fn, *args, **kwargs)
+    _count_skip()
+    # What _fuse_conv_bn_qat_helper does when none of its patterns match.
+    m.graph.eliminate_dead_code()
+    m.recompile()
+    for _ in range(2):  # two replace_pattern_with_filters calls, each followed by recompile
+        m.delete_all_unused_submodules()
+        m.recompile()
+        m.recompile()
+    for node in m.graph.nodes:
+        qat_utils._update_special_qspecs_after_replacement(node, {})
+    return m
+
+
+def _skipping_fold(m: GraphModule, conv_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    import torchao.quantization.pt2e.qat_utils as qat_utils
+
+    if _has_conv(m, conv_fn):
+        return _original_helpers["_fold_conv_bn_qat_helper"](m, conv_fn, *args, **kwargs)
+    _count_skip()
+    # What _fold_conv_bn_qat_helper does when none of its patterns match.
+    m.graph.eliminate_dead_code()
+    m.recompile()
+    qat_utils._duplicate_dequantize_node(m)
+    m.delete_all_unused_submodules()
+    m.recompile()
+    qat_utils._remove_extra_dequantize(m)
+    m.graph.eliminate_dead_code()
+    m.recompile()
+    return m
+
+
+def _count_skip() -> None:
+    if _installed is not None:
+        with _installed._lock:
+            _installed.stats.skipped_helpers += 1
+
+
+def _install_conv_skips() -> bool:
+    import torchao.quantization.pt2e.qat_utils as qat_utils
+
+    if not _sources_match():
+        return False
+    for name, replacement in zip(_HELPERS, (_skipping_fuse, _skipping_fold), strict=True):
+        _original_helpers[name] = getattr(qat_utils, name)
+        setattr(qat_utils, name, replacement)
+    return True
+
+
+def _uninstall_conv_skips() -> None:
+    import torchao.quantization.pt2e.qat_utils as qat_utils
+
+    for name, original in _original_helpers.items():
+        setattr(qat_utils, name, original)
+    _original_helpers.clear()
