@@ -27,6 +27,7 @@ from workbench.capture import CapturedModel
 from workbench.data import Dataset
 from workbench.errors import InputShapeError, WorkbenchError, first_line
 from workbench.graph import GraphView, describe
+from workbench.qat import RangeRecorder
 from workbench.quantizer import RecipeQuantizer
 from workbench.recipe import Effective, Recipe, validate
 
@@ -50,6 +51,7 @@ class Stage:
     applied: dict[str, Effective] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     history: tuple[dict[str, Any], ...] = ()
+    ranges: RangeRecorder | None = None
 
     def view(self) -> GraphView:
         return describe(self.graph_module, stage=self.name)
@@ -153,10 +155,13 @@ def train_qat(
     teacher: GraphModule | None = None,
     progress: Progress | None = None,
     should_stop: StopRequested | None = None,
+    record_ranges: bool = False,
 ) -> Stage:
     """Train a copy of a QAT-prepared stage; BN statistics and observers freeze on schedule.
 
-    `teacher` (the float model) supplies targets when the data has none.
+    `teacher` (the float model) supplies targets when the data has none. With
+    `record_ranges`, every fake quantizer's scale, zero point and min/max after each step
+    are kept in the returned stage's `ranges`.
     """
     if data.quality == "agreement" and teacher is None:
         raise ValueError("data without targets needs the float model as teacher")
@@ -170,6 +175,7 @@ def train_qat(
         else torch.optim.SGD(params, lr=config.lr, momentum=0.9)
     )
     history: list[dict[str, Any]] = []
+    recorder = RangeRecorder(model, config.steps) if record_ranges else None
     start = time.perf_counter()
     step = 0
     batches = data.train_batches(config.batch_size, seed=config.seed)
@@ -191,6 +197,8 @@ def train_qat(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if recorder is not None:
+            recorder.record(step)
         record = {"stage": "train", "step": step, "loss": float(loss.item())}
         history.append(record)
         if progress is not None:
@@ -199,7 +207,7 @@ def train_qat(
     notes = () if step == config.steps else (f"training stopped after {step} of {config.steps}",)
     return Stage(
         "trained", model, f"QAT: {step} steps of {config.batch_size} from {data.spec}",
-        time.perf_counter() - start, stage.recipe, stage.applied, notes, tuple(history),
+        time.perf_counter() - start, stage.recipe, stage.applied, notes, tuple(history), recorder,
     )  # fmt: skip
 
 

@@ -1,0 +1,73 @@
+"""Recorded fake-quant ranges are exactly the observers' buffers at the recorded step."""
+
+from __future__ import annotations
+
+import torch
+from torchao.quantization.pt2e import move_exported_model_to_train
+
+from workbench.capture import CapturedModel
+from workbench.data import load_data
+from workbench.pipeline import QatConfig, prepare, train_qat
+from workbench.qat import FIELDS, RangeRecorder, fake_quantizers
+from workbench.recipe import Recipe
+
+
+def _snapshot(model: torch.fx.GraphModule, names: list[str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in names:
+        fq = model.get_submodule(name)
+        obs = fq.activation_post_process
+        out[name] = torch.stack(
+            [fq.scale.flatten().float(), fq.zero_point.flatten().float(),
+             obs.min_val.flatten(), obs.max_val.flatten()], dim=1,
+        )  # fmt: skip
+    return out
+
+
+def test_recorded_ranges_equal_the_buffers_at_each_step(
+    captured: dict[str, CapturedModel],
+) -> None:
+    cap = captured["digits_cnn"]
+    data = load_data("digits", cap.example_inputs)
+    model = prepare(cap, Recipe(mode="qat")).copy_module()
+    move_exported_model_to_train(model)
+    quantizers = fake_quantizers(model)
+    names = [q.name for q in quantizers]
+    # 13 fake quantizers: 8 activations (per tensor), 5 weights (per channel, out channels).
+    assert sorted(q.channels for q in quantizers) == [1] * 8 + [10, 16, 16, 16, 32]
+    recorder = RangeRecorder(model, capacity=3)
+    batches = data.train_batches(32)
+    snapshots = []
+    with torch.no_grad():
+        for step in (1, 2, 3):
+            model(*next(batches)[0])
+            recorder.record(step)
+            snapshots.append(_snapshot(model, names))
+    assert recorder.steps.tolist() == [1, 2, 3]
+    for slot, snap in enumerate(snapshots):
+        for name in names:
+            assert torch.equal(recorder.values[name][slot], snap[name]), (slot, name)
+    per_tensor = next(q.name for q in quantizers if q.channels == 1)
+    steps, scales = recorder.series(per_tensor, "scale")
+    assert steps.tolist() == [1, 2, 3] and scales.shape == (3, 1)
+    weight = next(q for q in quantizers if q.channels == 10)  # the linear head's weight
+    assert recorder.series(weight.name, "max")[1].shape == (3, 10)
+    assert FIELDS == ("scale", "zero_point", "min", "max")
+
+
+def test_train_qat_records_every_step(captured: dict[str, CapturedModel]) -> None:
+    cap = captured["digits_cnn"]
+    data = load_data("digits", cap.example_inputs)
+    prepared = prepare(cap, Recipe(mode="qat"))
+    trained = train_qat(prepared, data, QatConfig(steps=6, batch_size=32), record_ranges=True)
+    ranges = trained.ranges
+    assert ranges is not None and ranges.count == 6
+    assert ranges.steps.tolist() == [1, 2, 3, 4, 5, 6]
+    final = _snapshot(trained.graph_module, [q.name for q in ranges.quantizers])
+    for name, values in final.items():
+        assert torch.equal(ranges.values[name][5], values), name
+    # Observers freeze after 80 % of the steps (step 4): ranges move until then, not after.
+    ranges_over_time = {name: values[:, :, 2:4] for name, values in ranges.values.items()}
+    assert any(not torch.equal(r[0], r[3]) for r in ranges_over_time.values())
+    for name, r in ranges_over_time.items():
+        assert torch.equal(r[3], r[4]) and torch.equal(r[4], r[5]), name

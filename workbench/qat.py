@@ -1,0 +1,100 @@
+"""Recording what the fake quantizers learn during QAT, step by step, into preallocated tensors.
+
+Each step copies every fake-quant's scale, zero point and observer min/max into one slot of
+tensors allocated up front; building Python dicts per step would cost more than the step
+(PT2E_NOTES.md, QAT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.fx import GraphModule
+
+FIELDS = ("scale", "zero_point", "min", "max")
+
+
+@dataclass(frozen=True)
+class FakeQuantInfo:
+    """One fake quantizer of a prepared graph: its module name, what it reads and its size."""
+
+    name: str
+    input_node: str  # the graph node whose output it observes
+    channels: int  # 1 for per-tensor
+    ch_axis: int | None
+
+
+def fake_quantizers(model: GraphModule) -> list[FakeQuantInfo]:
+    """The fake-quant modules of a QAT-prepared graph, in graph order."""
+    found = []
+    for node in model.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = model.get_submodule(str(node.target))
+        if not hasattr(module, "scale") or not hasattr(module, "activation_post_process"):
+            continue
+        per_channel = bool(getattr(module, "is_per_channel", False))
+        source = node.args[0] if node.args else None
+        channels = 1
+        if per_channel:
+            # scale is resized only on the first forward; the observed tensor knows its size.
+            val = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+            axis = module.ch_axis
+            channels = int(val.shape[axis]) if val is not None else int(module.scale.numel())
+        source = source.name if isinstance(source, torch.fx.Node) else ""
+        found.append(
+            FakeQuantInfo(
+                str(node.target), source, channels, module.ch_axis if per_channel else None
+            )
+        )
+    return found
+
+
+class RangeRecorder:
+    """Scale, zero point, min and max of every fake quantizer at each recorded step.
+
+    `values[name]` is a (steps, channels, 4) float view in FIELDS order; `steps[i]` is the
+    training step recorded in slot i. All quantizers share one preallocated buffer, so a
+    step's record is a single `torch.cat` into its row.
+    """
+
+    def __init__(self, model: GraphModule, capacity: int) -> None:
+        self.quantizers = fake_quantizers(model)
+        self.capacity = capacity
+        self.count = 0
+        self.steps = torch.full((capacity,), -1, dtype=torch.long)
+        width = sum(4 * q.channels for q in self.quantizers)
+        self._buffer = torch.full((capacity, width), float("nan"))
+        self.values: dict[str, torch.Tensor] = {}
+        offset = 0
+        for q in self.quantizers:
+            block = self._buffer[:, offset : offset + 4 * q.channels]
+            self.values[q.name] = block.unflatten(1, (4, q.channels)).transpose(1, 2)
+            offset += 4 * q.channels
+        self._modules = [model.get_submodule(q.name) for q in self.quantizers]
+
+    def _sources(self) -> list[torch.Tensor]:
+        sources = []
+        for q, module in zip(self.quantizers, self._modules, strict=True):
+            observer = module.activation_post_process
+            for tensor in (module.scale, module.zero_point, observer.min_val, observer.max_val):
+                flat = tensor.reshape(-1)
+                # Before the first forward, per-channel buffers are still empty.
+                sources.append(flat if flat.numel() == q.channels else flat.new_full(
+                    (q.channels,), float("nan") if flat.is_floating_point() else 0))  # fmt: skip
+        return sources
+
+    def record(self, step: int) -> None:
+        """Copy the current state of every fake quantizer into the next slot."""
+        if self.count >= self.capacity:
+            raise IndexError(f"recorder is full ({self.capacity} steps)")
+        with torch.no_grad():
+            torch.cat(self._sources(), out=self._buffer[self.count])
+        self.steps[self.count] = step
+        self.count += 1
+
+    def series(self, name: str, field: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(steps, values[steps, channels]) of one field of one fake quantizer so far."""
+        column = FIELDS.index(field)
+        return self.steps[: self.count], self.values[name][: self.count, :, column]
