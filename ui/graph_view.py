@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from workbench.graph import NodeInfo
+from workbench.recipe import Effective
 from workbench.render import format_shape
 
 _CSS = """
@@ -15,6 +16,8 @@ _CSS = """
 .wb-graph g.node { cursor: pointer; }
 .wb-graph g.node.wb-selected path, .wb-graph g.node.wb-selected polygon,
 .wb-graph g.node.wb-selected ellipse { stroke: #d62728; stroke-width: 3px; }
+.wb-graph g.node.wb-match path, .wb-graph g.node.wb-match polygon,
+.wb-graph g.node.wb-match ellipse { stroke: #1f77b4; stroke-width: 4px; }
 .wb-hint { position: absolute; right: 8px; bottom: 6px; font: 11px sans-serif; color: #889; }
 """
 
@@ -45,10 +48,32 @@ export default function ({ data, parentElement, setTriggerValue }) {
   let view = box._wbView || start;
   const apply = () => { box._wbView = view; svg.setAttribute("viewBox", view.join(" ")); };
   apply();
-  box.querySelectorAll("g.node.wb-selected").forEach((g) => g.classList.remove("wb-selected"));
-  if (data.selected) {
-    const g = box.querySelector('g.node[id="' + CSS.escape(data.selected) + '"]');
-    if (g) g.classList.add("wb-selected");
+  const byId = (id) => box.querySelector('g.node[id="' + CSS.escape(id) + '"]');
+  box.querySelectorAll("g.node.wb-selected, g.node.wb-match").forEach((g) =>
+    g.classList.remove("wb-selected", "wb-match"));
+  if (data.selected && byId(data.selected)) byId(data.selected).classList.add("wb-selected");
+  (data.highlight || []).forEach((id) => {
+    const g = byId(id);
+    if (g) g.classList.add("wb-match");
+  });
+  // Recolour without a new layout: fills are set on the shapes of each node.
+  box.querySelectorAll("g.node").forEach((g) => {
+    const colour = data.colors ? data.colors[g.id] : null;
+    g.querySelectorAll("path, polygon, ellipse").forEach((shape) => {
+      if (!shape.dataset.fill) shape.dataset.fill = shape.getAttribute("fill") || "";
+      shape.setAttribute("fill", colour || shape.dataset.fill);
+    });
+  });
+  if (data.center && box.dataset.centered !== data.center + "|" + data.svg_key) {
+    const g = byId(data.center);
+    if (g) {
+      const b = g.getBBox();
+      const toUser = svg.getCTM().inverse().multiply(g.getCTM());
+      const c = new DOMPoint(b.x + b.width / 2, b.y + b.height / 2).matrixTransform(toUser);
+      view = [c.x - view[2] / 2, c.y - view[3] / 2, view[2], view[3]];
+      apply();
+      box.dataset.centered = data.center + "|" + data.svg_key;
+    }
   }
   const toSvg = (ev) => {
     const r = svg.getBoundingClientRect();
@@ -97,20 +122,41 @@ def _ignore() -> None:
 
 
 def graph_view(
-    svg: str, *, key: str, selected: str | None = None, height: str = "70vh"
+    svg: str,
+    *,
+    key: str,
+    selected: str | None = None,
+    colors: dict[str, str] | None = None,
+    highlight: list[str] | None = None,
+    center: str | None = None,
+    height: str = "70vh",
 ) -> str | None:
-    """Show `svg`; returns the id of the node clicked in this rerun, if any."""
-    svg_key = f"{len(svg)}:{hash(svg)}"
-    result = _component(
-        data={"svg": svg, "svg_key": svg_key, "selected": selected, "height": height},
-        key=key,
-        on_clicked_change=_ignore,
-    )
+    """Show `svg`; returns the id of the node clicked in this rerun, if any.
+
+    `colors` recolours nodes in the browser (no new layout), `highlight` outlines search
+    matches and `center` scrolls one node into the middle once.
+    """
+    data = {
+        "svg": svg, "svg_key": f"{len(svg)}:{hash(svg)}", "selected": selected,
+        "colors": colors, "highlight": highlight or [], "center": center, "height": height,
+    }  # fmt: skip
+    result = _component(data=data, key=key, on_clicked_change=_ignore)
     return getattr(result, "clicked", None)
 
 
-def node_details(node: NodeInfo) -> None:
-    """The detail panel for one node: op, module, shapes, parameters and source line."""
+def legend(colours: dict[str, str]) -> None:
+    """A one-line colour legend."""
+    swatches = "".join(
+        f'<span style="margin-right:1.2em"><span style="display:inline-block;width:0.9em;'
+        f'height:0.9em;background:{colour};border:1px solid #888;margin-right:0.35em">'
+        f"</span>{label}</span>"
+        for label, colour in colours.items()
+    )
+    st.markdown(f'<div style="font-size:0.85em">{swatches}</div>', unsafe_allow_html=True)
+
+
+def node_details(node: NodeInfo, effective: Effective | None = None) -> None:
+    """The detail panel for one node: op, module, shapes, parameters, source, annotation."""
     st.subheader(node.name)
     st.markdown(f"**{node.op_name}** · `{node.target}` · family *{node.family}*")
     if node.module:
@@ -125,3 +171,9 @@ def node_details(node: NodeInfo) -> None:
         st.caption(node.source)
         if node.source_code:
             st.code(node.source_code, language="python")
+    if effective is not None:
+        fields = effective.setting.fields_set()
+        summary = "keep float" if fields.get("keep_float") else (
+            ", ".join(f"{k} {v}" for k, v in fields.items()) or "backend defaults"
+        )  # fmt: skip
+        st.markdown(f"**Annotation:** {summary}  \n*from* `{effective.rule}`")

@@ -7,6 +7,7 @@ Caching lives here, in the UI layer, never in `workbench`. Cached objects are im
 from __future__ import annotations
 
 import argparse
+import atexit
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -20,21 +21,50 @@ from workbench.capture import capture as _capture
 from workbench.errors import WorkbenchError
 from workbench.graph import GraphView, describe
 from workbench.pattern_cache import install_pattern_cache, warm_pattern_cache
-from workbench.render import dot_to_svg
+from workbench.quantizer import quantizable_nodes
+from workbench.recipe import Effective, Recipe, validate
+from workbench.render import Rendered, dot_to_svg, render_for_screen
+from workbench.workspace import Workspace
 
 STATE_KEY = "workbench"
 
 
 @dataclass
 class AppState:
-    """What one browser session has loaded: the model, its graph view and the last error."""
+    """What one browser session has loaded: the model, its recipe and the last error."""
 
+    workspace: Workspace
     spec: str | None = None
     captured: CapturedModel | None = None
     view: GraphView | None = None
+    recipe: Recipe = field(default_factory=Recipe)
     error: WorkbenchError | None = None
+    notice: str | None = None
     selected: str | None = None
-    history: list[str] = field(default_factory=list)
+    _effective: tuple[str, dict[str, Effective]] | None = None
+    _rendered: dict[int | None, Rendered] = field(default_factory=dict)
+
+    def effective(self) -> dict[str, Effective]:
+        """Quantizable nodes with their effective settings, recomputed when the recipe changes."""
+        assert self.captured is not None and self.view is not None
+        key = self.recipe.to_json()
+        if self._effective is None or self._effective[0] != key:
+            nodes = quantizable_nodes(self.captured.graph_module(), self.recipe, self.view)
+            self._effective = (key, nodes)
+        return self._effective[1]
+
+    def rendered(self, depth: int | None) -> Rendered:
+        """DOT for the screen at a collapse depth, computed once per loaded model and depth."""
+        assert self.view is not None
+        if depth not in self._rendered:
+            self._rendered[depth] = render_for_screen(self.view, collapse_depth=depth)
+        return self._rendered[depth]
+
+    def set_recipe(self, recipe: Recipe) -> None:
+        """Adopt an edited recipe and autosave it to the workspace."""
+        self.recipe = recipe
+        if self.spec is not None:
+            self.workspace.save_recipe(self.spec, recipe)
 
 
 @st.cache_resource(show_spinner=False)
@@ -43,6 +73,8 @@ def _pattern_cache_started() -> threading.Thread:
     install_pattern_cache()
     thread = threading.Thread(target=warm_pattern_cache, name="warm-pattern-cache", daemon=True)
     thread.start()
+    # A thread killed inside torch at interpreter exit aborts the process: let it finish.
+    atexit.register(thread.join)
     return thread
 
 
@@ -50,31 +82,43 @@ def get_state() -> AppState:
     """The session's state, created on first use with the start-up model loaded."""
     _pattern_cache_started()
     if STATE_KEY not in st.session_state:
-        state = AppState()
+        workspace = Workspace.default()
+        state = AppState(workspace)
         st.session_state[STATE_KEY] = state
-        load_model(state, startup_spec())
+        load_model(state, startup_spec(workspace))
     return st.session_state[STATE_KEY]
 
 
-def startup_spec() -> str:
-    """The model named on the command line (`streamlit run app.py -- --model SPEC`)."""
+def startup_spec(workspace: Workspace) -> str:
+    """`--model` from the command line, else the workspace's last model, else the default."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--model", default=f"sample:{DEFAULT_SAMPLE}")
+    parser.add_argument("--model", default=None)
     known, _ = parser.parse_known_args(sys.argv[1:])
-    return str(known.model)
+    return str(known.model or workspace.last_spec() or f"sample:{DEFAULT_SAMPLE}")
 
 
 def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None = None) -> bool:
-    """Capture `spec` into `state`; on failure keep the previous model and record the error."""
+    """Capture `spec` into `state`; on failure keep the previous model and record the error.
+
+    The workspace's autosaved recipe for this model comes back with it.
+    """
     try:
         captured, view = _cached_capture(spec, input_shape, _file_stamp(spec))
     except WorkbenchError as exc:
         state.error = exc
         return False
     state.spec, state.captured, state.view, state.error = spec, captured, view, None
-    state.selected = None
-    if spec not in state.history:
-        state.history.append(spec)
+    state.selected, state._effective, state._rendered = None, None, {}
+    state.recipe, state.notice = Recipe(), None
+    saved = state.workspace.load_recipe(spec)
+    if saved is not None:
+        try:
+            validate(saved, view)
+            state.recipe = saved
+            state.notice = f"Restored the autosaved recipe ({len(saved.overrides)} rules)."
+        except WorkbenchError as exc:
+            state.notice = f"The autosaved recipe does not fit this model any more: {exc.problem}"
+    state.workspace.remember(spec)
     return True
 
 

@@ -23,6 +23,7 @@ from torch.export import Dim, ExportedProgram
 from torch.fx import GraphModule
 
 from workbench.errors import CaptureError, InputShapeError, ModelSpecError, first_line
+from workbench.locks import EXPORT_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ def export_model(
     export_inputs = _batch_of_two_if_one(example_inputs)
     dynamic_shapes = _batch_dynamic_shapes(export_inputs, max_batch)
     try:
-        program = torch.export.export(model, export_inputs, dynamic_shapes=dynamic_shapes)
+        with EXPORT_LOCK:
+            program = torch.export.export(model, export_inputs, dynamic_shapes=dynamic_shapes)
         return program, dynamic_shapes is not None, []
     except Exception as exc:
         if dynamic_shapes is None or _is_data_dependent(exc):
@@ -151,7 +153,8 @@ def export_model(
     # Some models fix their batch size (a reshape with a literal batch, say): capture them
     # for the example's batch rather than not at all.
     try:
-        program = torch.export.export(model, example_inputs)
+        with EXPORT_LOCK:
+            program = torch.export.export(model, example_inputs)
     except Exception as exc:
         raise _explain_export_failure(exc, model, example_inputs) from exc
     note = (

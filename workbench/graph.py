@@ -227,6 +227,28 @@ def describe(gm: GraphModule, *, stage: str = "exported") -> GraphView:
     return GraphView(stage, tuple(infos), tuple(edges), tree)
 
 
+def search(view: GraphView, text: str) -> list[str]:
+    """Op nodes whose name, op or module path contains `text` (case-insensitive), in order."""
+    needle = text.strip().lower()
+    if not needle:
+        return []
+    return [
+        n.name
+        for n in view.nodes
+        if n.op in ("call_function", "call_module")
+        and (needle in n.name.lower() or needle in n.op_name.lower() or needle in n.module.lower())
+    ]
+
+
+def module_table(view: GraphView) -> list[dict[str, Any]]:
+    """The module tree as rows (path, type, depth, own nodes, all nodes), parents first."""
+    return [
+        {"module": m.path or "(model)", "type": m.type, "depth": m.depth,
+         "nodes": len(m.nodes), "total nodes": m.total_nodes}
+        for m in view.modules.walk()
+    ]  # fmt: skip
+
+
 def readable_op(node: Node, gm: GraphModule | None = None) -> str:
     """A short op name: `conv2d` for aten.conv2d.default, the class name for a call_module."""
     if node.op == "placeholder":

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch.fx import GraphModule
 
+from workbench.locks import EXPORT_LOCK
+
 log = logging.getLogger(__name__)
 
 _SITES = (
@@ -80,8 +82,7 @@ class PatternCache:
         self.stats = CacheStats()
         self.skipping = False  # whether helpers for absent conv types are skipped
         self._graphs: dict[tuple[Any, ...], GraphModule] = {}
-        # torch.export is not thread-safe: misses export one at a time.
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dict and stats; exports hold EXPORT_LOCK
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -97,17 +98,27 @@ class PatternCache:
         try:
             key = pattern_key(pattern, example_inputs, is_cuda, kwargs)
         except _Uncacheable:
-            with self._lock:
-                self.stats.uncached += 1
+            with EXPORT_LOCK:
+                with self._lock:
+                    self.stats.uncached += 1
                 return self.original(pattern, example_inputs, is_cuda, **kwargs)
         with self._lock:
             graph = self._graphs.get(key)
-            if graph is None:
-                self.stats.misses += 1
-                graph = self._export(pattern, example_inputs, is_cuda, kwargs)
-                self._graphs[key] = graph
-            else:
+            if graph is not None:
                 self.stats.hits += 1
+        if graph is None:
+            with EXPORT_LOCK:
+                with self._lock:
+                    graph = self._graphs.get(key)
+                if graph is None:
+                    graph = self._export(pattern, example_inputs, is_cuda, kwargs)
+                with self._lock:
+                    if key in self._graphs:
+                        self.stats.hits += 1
+                    else:
+                        self.stats.misses += 1
+                        self._graphs[key] = graph
+                    graph = self._graphs[key]
         return copy.deepcopy(graph)
 
     def _export(

@@ -27,6 +27,7 @@ from workbench.capture import CapturedModel
 from workbench.data import Dataset
 from workbench.errors import InputShapeError, WorkbenchError, first_line
 from workbench.graph import GraphView, describe
+from workbench.locks import EXPORT_LOCK
 from workbench.qat import RangeRecorder
 from workbench.quantizer import RecipeQuantizer
 from workbench.recipe import Effective, Recipe, validate
@@ -107,12 +108,13 @@ def prepare(captured: CapturedModel, recipe: Recipe) -> Stage:
     quantizer = RecipeQuantizer(recipe, view)
     start = time.perf_counter()
     gm = captured.graph_module()
-    if recipe.mode == "qat":
-        prepared = prepare_qat_pt2e(gm, quantizer)
-        how = f"prepare_qat_pt2e ({recipe.backend})"
-    else:
-        prepared = prepare_pt2e(gm, quantizer)
-        how = f"prepare_pt2e ({recipe.backend})"
+    with EXPORT_LOCK:  # torchao exports pattern graphs inside
+        if recipe.mode == "qat":
+            prepared = prepare_qat_pt2e(gm, quantizer)
+            how = f"prepare_qat_pt2e ({recipe.backend})"
+        else:
+            prepared = prepare_pt2e(gm, quantizer)
+            how = f"prepare_pt2e ({recipe.backend})"
     return Stage(
         "prepared", prepared, how, time.perf_counter() - start, recipe, dict(quantizer.applied)
     )
@@ -129,7 +131,8 @@ def calibrate(
 ) -> Stage:
     """Run calibration batches through a copy of a prepared stage so observers record ranges."""
     model = stage.copy_module()
-    move_exported_model_to_eval(model)
+    with EXPORT_LOCK:
+        move_exported_model_to_eval(model)
     start = time.perf_counter()
     done = 0
     with torch.no_grad():
@@ -167,7 +170,8 @@ def train_qat(
         raise ValueError("data without targets needs the float model as teacher")
     torch.manual_seed(config.seed)
     model = stage.copy_module()
-    move_exported_model_to_train(model)
+    with EXPORT_LOCK:
+        move_exported_model_to_train(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = (
         torch.optim.Adam(params, lr=config.lr)
@@ -203,7 +207,8 @@ def train_qat(
         history.append(record)
         if progress is not None:
             progress(step, config.steps, record)
-    move_exported_model_to_eval(model)
+    with EXPORT_LOCK:
+        move_exported_model_to_eval(model)
     notes = () if step == config.steps else (f"training stopped after {step} of {config.steps}",)
     return Stage(
         "trained", model, f"QAT: {step} steps of {config.batch_size} from {data.spec}",
@@ -225,10 +230,11 @@ def freeze_bn_(model: GraphModule) -> None:
 def convert(stage: Stage, *, reference: bool = False) -> Stage:
     """Fold BN, replace observers with quantize/dequantize and weights with int tensors."""
     model = stage.copy_module()
-    move_exported_model_to_eval(model)
     start = time.perf_counter()
-    converted = convert_pt2e(model, use_reference_representation=reference, fold_quantize=True)
-    move_exported_model_to_eval(converted)
+    with EXPORT_LOCK:
+        move_exported_model_to_eval(model)
+        converted = convert_pt2e(model, use_reference_representation=reference, fold_quantize=True)
+        move_exported_model_to_eval(converted)
     how = "convert_pt2e" + (" (reference representation)" if reference else "")
     return Stage(
         "converted", converted, how, time.perf_counter() - start, stage.recipe, stage.applied

@@ -31,6 +31,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from workbench.graph import GraphView
+from workbench.locks import EXPORT_LOCK
 from workbench.recipe import LEVELS, Effective, QuantSetting, Recipe, resolve
 
 ANNOTATION_KEY = "quantization_annotation"
@@ -127,7 +128,8 @@ def quantizable_nodes(gm: GraphModule, recipe: Recipe, view: GraphView) -> dict[
     if recipe.mode == "ptq":
         from torchao.quantization.pt2e.utils import _fuse_conv_bn_
 
-        _fuse_conv_bn_(model)
+        with EXPORT_LOCK:
+            _fuse_conv_bn_(model)
     quantizer = RecipeQuantizer(recipe, view)
     quantizer.annotate(quantizer.transform_for_annotation(model))
     order = {n.name: i for i, n in enumerate(view.nodes)}

@@ -118,6 +118,14 @@ def to_dot(
     return dot.source
 
 
+def box_of(node: NodeInfo, collapse_depth: int | None) -> str:
+    """The id of the box that stands for `node` when drawn at `collapse_depth` (no chunking)."""
+    chain = node.module_chain
+    if collapse_depth is not None and len(chain) >= collapse_depth:
+        return "module/" + chain[collapse_depth - 1]
+    return node.name
+
+
 def count_boxes(
     view: GraphView,
     *,

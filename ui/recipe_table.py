@@ -1,0 +1,57 @@
+"""The table of quantizable nodes (st.data_editor) and the list of recipe rules."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui.editor import CHOICES
+from ui.state import AppState
+from workbench.annotate import apply_table_edits, effective_table, set_override
+from workbench.recipe import Effective, QuantSetting, module_matches
+
+
+def recipe_table(state: AppState, effective: dict[str, Effective]) -> None:
+    """Filterable table of effective settings; edited cells become node rules."""
+    assert state.view is not None
+    table = effective_table(effective, state.view)
+    cols = st.columns([2, 2, 1])
+    module = cols[0].text_input("Filter by module", placeholder="block1 or block*")
+    ops = cols[1].multiselect("Filter by op", sorted(table["op"].unique()))
+    only_overridden = cols[2].checkbox("Only overridden")
+    shown = table
+    if module.strip():
+        shown = shown[[module_matches(module.strip(), m) for m in shown["module"]]]
+    if ops:
+        shown = shown[shown["op"].isin(ops)]
+    if only_overridden:
+        shown = shown[shown["rule"] != "default"]
+    config = {
+        name: st.column_config.SelectboxColumn(name.replace("_", " "), options=list(options))
+        for name, options in CHOICES.items()
+    }
+    config["keep_float"] = st.column_config.CheckboxColumn("keep float")
+    config["rule"] = st.column_config.TextColumn("decided by")
+    edited = st.data_editor(
+        shown, key=f"table-{state.recipe.to_json().__hash__()}", hide_index=True,
+        column_config=config, disabled=["node", "op", "module", "module_type", "rule"],
+        width="stretch",
+    )  # fmt: skip
+    st.caption(f"{len(shown)} of {len(table)} quantizable nodes. Edit a cell to give that node "
+               "its own rule; clear it to fall back to broader rules.")  # fmt: skip
+    recipe = apply_table_edits(state.recipe, shown, edited)
+    if recipe != state.recipe:
+        state.set_recipe(recipe)
+        st.rerun()
+
+
+def rules_list(state: AppState) -> None:
+    """The recipe's rules in precedence order within each level, each with a remove button."""
+    if not state.recipe.overrides:
+        st.caption("No rules yet: every node follows the backend's defaults.")
+    for i, rule in enumerate(state.recipe.overrides):
+        cols = st.columns([4, 1])
+        fields = ", ".join(f"{k}={v}" for k, v in rule.setting.fields_set().items())
+        cols[0].markdown(f"`{rule.label}` → {fields}")
+        if cols[1].button("Remove", key=f"remove-{i}-{rule.label}"):
+            state.set_recipe(set_override(state.recipe, rule.kind, rule.pattern, QuantSetting()))
+            st.rerun()
