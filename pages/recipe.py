@@ -2,11 +2,9 @@
 
 import streamlit as st
 
-from ui.editor import bulk_editor, recipe_choices
+from ui.editor import adopt_recipe, bulk_editor, recipe_choices
 from ui.recipe_table import recipe_table, rules_list
 from ui.state import get_state
-from workbench.errors import WorkbenchError
-from workbench.recipe import Recipe, validate
 
 state = get_state()
 if state.view is None:
@@ -34,12 +32,8 @@ with right:
                        mime="application/json")  # fmt: skip
     upload = st.file_uploader("Upload a recipe", type=["json"], key="recipe-upload")
     if upload is not None and st.button("Use uploaded recipe"):
-        try:
-            recipe = Recipe.from_json(upload.getvalue().decode("utf-8", "replace"),
-                                      source=upload.name)  # fmt: skip
-            validate(recipe, view)
-        except WorkbenchError as exc:
-            st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
+        error = adopt_recipe(state, upload.getvalue().decode("utf-8", "replace"), upload.name)
+        if error is not None:
+            st.error(f"**{error.problem}**\n\n{error.fix}", icon="🚫")
         else:
-            state.set_recipe(recipe)
             st.rerun()

@@ -3,15 +3,44 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+from ui.editor import adopt_recipe
+from ui.recipe_table import table_key
+from workbench.annotate import ANNOTATION_COLOURS
+from workbench.recipe import Recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
 
 
-def _component_data(at: AppTest) -> dict:
+@pytest.fixture
+def workspace(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "workspace"
+    old = os.environ.get("WORKBENCH_WORKSPACE")
+    os.environ["WORKBENCH_WORKSPACE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("WORKBENCH_WORKSPACE")
+    else:
+        os.environ["WORKBENCH_WORKSPACE"] = old
+
+
+def _open(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    assert not at.exception
+    if page is not None:
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception
+    return at
+
+
+def _component(at: AppTest) -> dict:
     """The data payload of the graph component (an unknown element to AppTest)."""
     found = []
 
@@ -27,56 +56,138 @@ def _component_data(at: AppTest) -> dict:
     return json.loads(found[0].json)
 
 
-@pytest.fixture
-def app() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180).run()
-    assert not at.exception
-    return at
+def _state(at: AppTest):  # type: ignore[no-untyped-def]
+    return at.session_state["workbench"]
 
 
-def test_opens_with_the_default_sample_and_its_graph(app: AppTest) -> None:
-    assert [t.value for t in app.title] == ["sample:digits_cnn"]
-    metrics = {m.label: m.value for m in app.metric}
-    assert metrics["Parameters"] == "9,850"
-    assert metrics["Graph nodes"] == "45"
-    assert metrics["Batch"] == "dynamic"
-    svg = _component_data(app)["svg"]
+def test_opens_on_the_graph_of_the_default_sample(workspace: Path) -> None:
+    at = _open()
+    assert [t.value for t in at.title] == ["Graph · sample:digits_cnn"]
+    svg = _component(at)["svg"]
     assert svg.count('class="node"') == 19  # 45 nodes less 26 folded parameters
     for name in ("x", "conv2d", "batch_norm", "add", "linear", "output"):
         assert f'<g id="{name}" class="node">' in svg
+    assert json.loads((workspace / "last.json").read_text()) == {"spec": "sample:digits_cnn"}
 
 
-def test_clicking_a_node_shows_its_details(app: AppTest) -> None:
-    app.session_state["graph"] = {"clicked": "conv2d_1"}
-    app.run()
-    assert [s.value for s in app.subheader] == ["conv2d_1"]
-    text = " ".join(m.value for m in app.markdown)
+def test_click_shows_details_and_the_editor_sets_keep_float(workspace: Path) -> None:
+    at = _open()
+    at.session_state["graph"] = {"clicked": "conv2d_1"}
+    at.run()
+    assert [s.value for s in at.subheader] == ["conv2d_1"]
+    text = " ".join(m.value for m in at.markdown)
     assert "Module `block1.conv1` (Conv2d)" in text
-    assert "`block1.conv1.weight` 16×16×3×3 float32" in text
-    assert [c.value for c in app.code] == ["out = self.relu1(self.bn1(self.conv1(x)))"]
-    assert _component_data(app)["selected"] == "conv2d_1"
+    assert "**Annotation:** backend defaults" in text and "`default`" in text
+    assert [c.value for c in at.code] == ["out = self.relu1(self.bn1(self.conv1(x)))"]
+    assert _component(at)["selected"] == "conv2d_1"
+
+    at.selectbox(key=None)
+    keep = next(s for s in at.selectbox if s.label == "Keep float")
+    keep.select("yes")
+    next(b for b in at.button if b.label == "Apply").click().run()
+    assert not at.exception
+    recipe = _state(at).recipe
+    assert recipe.as_dict()["overrides"] == [
+        {"match": {"node": "conv2d_1"}, "set": {"keep_float": True}}
+    ]
+    assert "**Annotation:** keep float" in " ".join(m.value for m in at.markdown)
+    saved = Recipe.from_json(next((workspace / "recipes").glob("*.json")).read_text())
+    assert saved == recipe
+
+    at.radio[0].set_value("annotation").run()
+    colours = _component(at)["colors"]
+    assert colours["conv2d_1"] == ANNOTATION_COLOURS["float"]
+    assert colours["conv2d"] == ANNOTATION_COLOURS["default"]
+    assert colours["batch_norm"] == ANNOTATION_COLOURS["not quantized"]  # folded in PTQ
 
 
-def test_collapse_depth_draws_modules_as_boxes(app: AppTest) -> None:
-    app.select_slider[0].set_value(1).run()
-    svg = _component_data(app)["svg"]
+def test_search_highlights_and_centres(workspace: Path) -> None:
+    at = _open()
+    at.text_input(key="graph-search").input("block1").run()
+    data = _component(at)
+    assert data["highlight"] == ["conv2d_1", "batch_norm_1", "relu_1", "conv2d_2",
+                                 "batch_norm_2", "add", "relu_2"]  # fmt: skip
+    assert data["center"] == "conv2d_1"
+
+
+def test_collapse_depth_draws_modules_as_boxes(workspace: Path) -> None:
+    at = _open()
+    at.select_slider[0].set_value(1).run()
+    svg = _component(at)["svg"]
     assert '<g id="module/block1" class="node">' in svg
     assert '<g id="conv2d_1" class="node">' not in svg
 
 
-def test_bad_spec_shows_an_error_and_keeps_the_model(app: AppTest) -> None:
-    app.sidebar.text_input[0].input("no/such/file.py:build").run()
-    app.sidebar.button[0].click().run()
-    assert len(app.error) == 1
-    assert "No such file: no/such/file.py" in app.error[0].value
-    assert [t.value for t in app.title] == ["sample:digits_cnn"]
-    assert len(_component_data(app)["svg"]) > 1000
+def test_model_page_loads_a_sample_and_keeps_it_on_a_bad_load(workspace: Path) -> None:
+    at = _open("model")
+    at.selectbox[0].select("attention_mlp").run()
+    at.button[0].click().run()
+    assert not at.error
+    assert {m.label: m.value for m in at.metric} == {
+        "Parameters": "9,482", "Graph nodes": "55", "Export time": at.metric[2].value,
+        "Batch": "dynamic",
+    }  # fmt: skip
+    assert [s.value for s in at.subheader] == ["Loaded: sample:attention_mlp"]
+    tree = at.dataframe[0].value
+    assert list(tree["module"][:3]) == ["(model)", "  embed", "  block"]
+
+    at.radio[0].set_value("Python file").run()
+    at.text_input[0].input("no/such/file.py:build").run()
+    at.button[0].click().run()
+    assert len(at.error) == 1
+    assert "No such file: no/such/file.py" in at.error[0].value
+    assert [s.value for s in at.subheader] == ["Loaded: sample:attention_mlp"]
+    assert _state(at).spec == "sample:attention_mlp"
 
 
-def test_loading_another_sample(app: AppTest) -> None:
-    app.sidebar.selectbox[0].select("sample:attention_mlp").run()
-    app.sidebar.button[0].click().run()
-    assert not app.error
-    assert [t.value for t in app.title] == ["sample:attention_mlp"]
-    assert {m.label: m.value for m in app.metric}["Graph nodes"] == "55"
-    assert '<g id="softmax" class="node">' in _component_data(app)["svg"]
+def test_recipe_table_edit_becomes_a_node_rule(workspace: Path) -> None:
+    at = _open("recipe")
+    state = _state(at)
+    frame = at.dataframe[0].value
+    assert list(frame["node"][:3]) == ["conv2d", "relu", "conv2d_1"]
+    assert set(frame["rule"]) == {"default"}
+    row = list(frame["node"]).index("linear")
+    at.session_state[table_key(state.recipe)] = {
+        "edited_rows": {row: {"weight_granularity": "per_tensor"}},
+        "added_rows": [], "deleted_rows": [],
+    }  # fmt: skip
+    at.run()
+    assert not at.exception
+    recipe = _state(at).recipe
+    assert recipe.as_dict()["overrides"] == [
+        {"match": {"node": "linear"}, "set": {"weight_granularity": "per_tensor"}}
+    ]
+    frame = at.dataframe[0].value
+    linear = frame[frame["node"] == "linear"].iloc[0]
+    assert linear["rule"] == "node:linear" and linear["weight_granularity"] == "per_tensor"
+    assert "`node:linear` → weight_granularity=per_tensor" in [m.value for m in at.markdown]
+
+
+def test_invalid_recipe_upload_is_refused_with_the_validation_message(workspace: Path) -> None:
+    at = _open("recipe")
+    state = _state(at)
+    bad = '{"overrides": [{"match": {"node": "conv2d_11"}, "set": {"keep_float": true}}]}'
+    error = adopt_recipe(state, bad, "bad.json")
+    assert error is not None
+    assert "node 'conv2d_11' (closest: conv2d_1" in error.problem
+    assert state.recipe == Recipe()
+    assert adopt_recipe(state, "{not json", "broken.json").problem.startswith(
+        "broken.json is not valid JSON"
+    )
+    good = '{"overrides": [{"match": {"op": "linear"}, "set": {"keep_float": true}}]}'
+    assert adopt_recipe(state, good, "good.json") is None
+    assert state.recipe.overrides[0].label == "op:linear"
+
+
+def test_recipe_survives_a_new_session(workspace: Path) -> None:
+    at = _open()
+    state = _state(at)
+    from workbench.annotate import set_override
+    from workbench.recipe import QuantSetting
+
+    state.set_recipe(
+        set_override(state.recipe, "module", "block2", QuantSetting(observer="minmax"))
+    )
+    again = _open()  # a refresh, or a server restart, starts a new session
+    assert _state(again).recipe == state.recipe
+    assert _state(again).notice == "Restored the autosaved recipe (1 rule)."

@@ -8,6 +8,7 @@ import streamlit as st
 
 from ui.state import AppState
 from workbench.annotate import rule_setting, set_override
+from workbench.errors import WorkbenchError
 from workbench.recipe import (
     BACKENDS,
     DTYPES,
@@ -17,6 +18,8 @@ from workbench.recipe import (
     SCHEMES,
     MatchKind,
     QuantSetting,
+    Recipe,
+    validate,
 )
 
 INHERIT = "(inherit)"
@@ -88,3 +91,15 @@ def recipe_choices(state: AppState) -> None:
     if (backend, mode) != (state.recipe.backend, state.recipe.mode):
         state.set_recipe(dataclasses.replace(state.recipe, backend=backend, mode=mode))
         st.rerun()
+
+
+def adopt_recipe(state: AppState, text: str, name: str) -> WorkbenchError | None:
+    """Use an uploaded recipe if it parses and fits the model; else return why not."""
+    assert state.view is not None
+    try:
+        recipe = Recipe.from_json(text, source=name)
+        validate(recipe, state.view)
+    except WorkbenchError as exc:
+        return exc
+    state.set_recipe(recipe)
+    return None

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import streamlit as st
 
 from ui.editor import CHOICES
 from ui.state import AppState
 from workbench.annotate import apply_table_edits, effective_table, set_override
-from workbench.recipe import Effective, QuantSetting, module_matches
+from workbench.recipe import Effective, QuantSetting, Recipe, module_matches
+
+
+def table_key(recipe: Recipe) -> str:
+    """The editor's widget key: a new one per recipe, so edits never apply twice."""
+    return "table-" + hashlib.sha1(recipe.to_json().encode()).hexdigest()[:12]
 
 
 def recipe_table(state: AppState, effective: dict[str, Effective]) -> None:
@@ -32,7 +39,7 @@ def recipe_table(state: AppState, effective: dict[str, Effective]) -> None:
     config["keep_float"] = st.column_config.CheckboxColumn("keep float")
     config["rule"] = st.column_config.TextColumn("decided by")
     edited = st.data_editor(
-        shown, key=f"table-{state.recipe.to_json().__hash__()}", hide_index=True,
+        shown, key=table_key(state.recipe), hide_index=True,
         column_config=config, disabled=["node", "op", "module", "module_type", "rule"],
         width="stretch",
     )  # fmt: skip

@@ -115,7 +115,8 @@ def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None =
         try:
             validate(saved, view)
             state.recipe = saved
-            state.notice = f"Restored the autosaved recipe ({len(saved.overrides)} rules)."
+            rules = len(saved.overrides)
+            state.notice = f"Restored the autosaved recipe ({rules} rule{'s' * (rules != 1)})."
         except WorkbenchError as exc:
             state.notice = f"The autosaved recipe does not fit this model any more: {exc.problem}"
     state.workspace.remember(spec)
