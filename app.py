@@ -4,11 +4,11 @@ import streamlit as st
 
 from ui.state import get_state
 
-st.set_page_config(page_title="Quantization Workbench", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="Quantization Workbench", page_icon=":material/biotech:", layout="wide")
 get_state()
 page = st.navigation([
-    st.Page("pages/model.py", title="Model", icon="📦"),
-    st.Page("pages/graph.py", title="Graph", icon="🕸️", default=True),
-    st.Page("pages/recipe.py", title="Recipe", icon="🧾"),
+    st.Page("app_pages/model.py", title="Model", icon=":material/inventory_2:"),
+    st.Page("app_pages/graph.py", title="Graph", icon=":material/account_tree:", default=True),
+    st.Page("app_pages/recipe.py", title="Recipe", icon=":material/tune:"),
 ])  # fmt: skip
 page.run()

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,43 @@ def digits_test_x() -> torch.Tensor:
 def bad_models() -> Path:
     """Absolute path of tests/models/bad_models.py (factories for `path.py:FUNC` specs)."""
     return BAD_MODELS
+
+
+# --- Engine tests (recipe, quantizer, pipeline): shared PTQ stages of the digits CNN. ---
+
+
+@pytest.fixture(scope="session")
+def digits_data(captured: dict[str, CapturedModel]) -> Any:
+    """`load_data("digits", ...)` for the digits CNN (1,437 train / 360 eval images)."""
+    from workbench.data import load_data
+
+    return load_data("digits", captured["digits_cnn"].example_inputs)
+
+
+@pytest.fixture(scope="session")
+def digits_ptq(captured: dict[str, CapturedModel], digits_data: Any) -> dict[str, Any]:
+    """Stages of the digits CNN through PTQ with the default recipe (x86_inductor), 4 batches
+    of 64 calibration images: exported, prepared, calibrated, converted."""
+    from workbench.pipeline import calibrate, convert, exported_stage, prepare
+    from workbench.recipe import Recipe
+
+    model = captured["digits_cnn"]
+    prepared = prepare(model, Recipe())
+    calibrated = calibrate(prepared, digits_data, batches=4)
+    return {
+        "exported": exported_stage(model),
+        "prepared": prepared,
+        "calibrated": calibrated,
+        "converted": convert(calibrated),
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pattern_cache() -> Iterator[None]:
+    """Tests run with the pattern cache, as the CLI and the app do (test_pattern_cache.py
+    compares it with bare torchao)."""
+    from workbench.pattern_cache import install_pattern_cache, uninstall_pattern_cache
+
+    install_pattern_cache()
+    yield
+    uninstall_pattern_cache()

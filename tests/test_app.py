@@ -35,7 +35,7 @@ def _open(page: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=180).run()
     assert not at.exception
     if page is not None:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception
     return at
 
@@ -122,7 +122,7 @@ def test_model_page_loads_a_sample_and_keeps_it_on_a_bad_load(workspace: Path) -
     at = _open("model")
     at.selectbox[0].select("attention_mlp").run()
     at.button[0].click().run()
-    assert not at.error
+    assert not at.error, [e.value for e in at.error]
     assert {m.label: m.value for m in at.metric} == {
         "Parameters": "9,482", "Graph nodes": "55", "Export time": at.metric[2].value,
         "Batch": "dynamic",

@@ -152,7 +152,7 @@ def legend(colours: dict[str, str]) -> None:
         f"</span>{label}</span>"
         for label, colour in colours.items()
     )
-    st.markdown(f'<div style="font-size:0.85em">{swatches}</div>', unsafe_allow_html=True)
+    st.html(f'<div style="font-size:0.85em;font-family:sans-serif">{swatches}</div>')
 
 
 def node_details(node: NodeInfo, effective: Effective | None = None) -> None:

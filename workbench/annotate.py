@@ -13,7 +13,7 @@ from workbench.recipe import Effective, MatchKind, Override, QuantSetting, Recip
 from workbench.render import NodeOverlay
 
 SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(QuantSetting))
-TABLE_COLUMNS = ("node", "op", "module", "module_type", *SETTING_FIELDS, "rule")
+TABLE_COLUMNS = ("node", "op", "module", "module_type", "rule", *SETTING_FIELDS)
 
 # Colours for "colour by annotation": kept float, quantized by the backend's defaults,
 # quantized with an override; nodes the backend does not quantize keep a neutral grey.

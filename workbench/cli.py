@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -13,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from workbench.errors import WorkbenchError
 
@@ -30,6 +31,7 @@ log = logging.getLogger("workbench")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 internal error, 2 bad input)."""
     args = _parser().parse_args(argv)
+    args.stderr = sys.stderr  # our own messages go here even while torch's noise is swallowed
     _configure_logging(args.debug)
     if not args.no_pattern_cache:
         from workbench.pattern_cache import install_pattern_cache
@@ -266,7 +268,8 @@ def _quantize(args: argparse.Namespace) -> int:
     result = build(
         captured, recipe, data=_default_data(args.data, captured), out=args.out,
         report_path=args.report, recipe_path=recipe_out, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, progress=None if args.quiet else _progress_line,
+        batch_size=args.batch_size, lr=args.lr,
+        progress=None if args.quiet else functools.partial(_progress_line, args.stderr),
     )  # fmt: skip
     quality = result.report["quality"]
     files = result.report["files"]
@@ -276,16 +279,18 @@ def _quantize(args: argparse.Namespace) -> int:
         f"{quality['metric']} float {quality['float']:.2f}{unit}, "
         f"quantized {quality['quantized']:.2f}{unit}; reload check max |diff| "
         f"{result.saved.max_abs_diff:.3g}",
-        file=sys.stderr,
+        file=args.stderr,
     )
     return EXIT_OK
 
 
-def _progress_line(stage: str, done: int, total: int, info: dict[str, object]) -> None:
+def _progress_line(
+    stream: TextIO, stage: str, done: int, total: int, info: dict[str, object]
+) -> None:
     step = max(1, total // 4)
     if done == total or done % step == 0:
         loss = f" loss {info['loss']:.4f}" if "loss" in info else ""
-        print(f"{stage} {done}/{total}{loss}", file=sys.stderr, flush=True)
+        print(f"{stage} {done}/{total}{loss}", file=stream, flush=True)
 
 
 def _write(text: str, out: Path | None) -> None:

@@ -58,10 +58,11 @@ class Dataset:
     ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]:
         """Shuffled training batches, reshuffled each epoch, forever."""
         generator = torch.Generator().manual_seed(seed)
+        size = min(batch_size, self.train_size)  # less data than one batch: all of it
         while True:
             order = torch.randperm(self.train_size, generator=generator)
-            for start in range(0, self.train_size - batch_size + 1 or 1, batch_size):
-                index = order[start : start + batch_size]
+            for start in range(0, self.train_size - size + 1, size):
+                index = order[start : start + size]
                 targets = self.train_targets[index] if self.train_targets is not None else None
                 yield tuple(t[index] for t in self.train_inputs), targets
 
@@ -160,6 +161,7 @@ def _from_function(spec: str, path: Path, func: str) -> Dataset:
             "Fix it so that it yields (inputs, targets) batches.",
         ) from exc
     inputs, targets = _stack_batches(spec, batches)
+    check_finite(inputs, f"the {spec} inputs")  # before splitting: sample numbers are global
     count = int(inputs[0].shape[0])
     # The last 20 % evaluates; a single sample serves both.
     cut = min(count - 1, math.ceil(count * 0.8)) if count > 1 else 1

@@ -134,8 +134,11 @@ class Recipe:
     overrides: tuple[Override, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_choice("backend", self.backend, BACKENDS)
-        _check_choice("mode", self.mode, MODES)
+        for name, allowed in (("backend", BACKENDS), ("mode", MODES)):
+            value = getattr(self, name)
+            if value is None:
+                raise RecipeError(f"{name} is null.", f"Use one of: {', '.join(allowed)}.")
+            _check_choice(name, value, allowed)
         object.__setattr__(self, "overrides", tuple(self.overrides))
 
     def with_overrides(self, *more: Override) -> Recipe:
@@ -165,7 +168,7 @@ class Recipe:
                 f"Known fields: {', '.join(sorted(known))}.",
             )
         version = data.get("version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:
             raise RecipeError(
                 f"The recipe has schema version {version!r}; this workbench reads version "
                 f"{SCHEMA_VERSION}.",
