@@ -4,7 +4,9 @@ import streamlit as st
 
 from ui.state import get_state
 
-st.set_page_config(page_title="Quantization Workbench", page_icon=":material/biotech:", layout="wide")
+st.set_page_config(
+    page_title="Quantization Workbench", page_icon=":material/biotech:", layout="wide"
+)
 get_state()
 page = st.navigation([
     st.Page("app_pages/model.py", title="Model", icon=":material/inventory_2:"),

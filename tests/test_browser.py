@@ -129,8 +129,7 @@ def test_click_a_conv_and_keep_it_float(server: str, page, tmp_path: Path) -> No
     page.get_by_text("keep_float=True").first.wait_for(timeout=30_000)
     # The grid draws on a canvas; its accessible table holds the visible cells as text.
     keep_float = page.locator(
-        'xpath=//tr[td[@aria-colindex="1" and normalize-space()="conv2d_1"]]'
-        '/td[@aria-colindex="6"]'
+        'xpath=//tr[td[@aria-colindex="1" and normalize-space()="conv2d_1"]]/td[@aria-colindex="6"]'
     )
     keep_float.wait_for(state="attached", timeout=30_000)
     assert keep_float.text_content() == "true"
