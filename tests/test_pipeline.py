@@ -292,8 +292,7 @@ def test_nan_in_data_is_a_data_error(models: dict[str, CapturedModel]) -> None:
     with pytest.raises(DataError) as info:
         load_data(spec, models["digits_cnn"].example_inputs)
     assert info.value.problem == (
-        f"the {spec} inputs contain NaN or infinite values "
-        "(input 0, samples [5, 13])."
+        f"the {spec} inputs contain NaN or infinite values (input 0, samples [5, 13])."
     )
     assert info.value.fix == "Clean or drop those samples: observers and training cannot use them."
 
