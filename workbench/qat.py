@@ -73,16 +73,28 @@ class RangeRecorder:
             self.values[q.name] = block.unflatten(1, (4, q.channels)).transpose(1, 2)
             offset += 4 * q.channels
         self._modules = [model.get_submodule(q.name) for q in self.quantizers]
+        self._ready: list[torch.Tensor] | None = None
 
     def _sources(self) -> list[torch.Tensor]:
+        # The buffers are updated in place, so once every one has its final size the list of
+        # flat views stays valid and is built only once.
+        if self._ready is not None:
+            return self._ready
         sources = []
+        complete = True
         for q, module in zip(self.quantizers, self._modules, strict=True):
             observer = module.activation_post_process
             for tensor in (module.scale, module.zero_point, observer.min_val, observer.max_val):
                 flat = tensor.reshape(-1)
+                if flat.numel() == q.channels and flat.data_ptr() == tensor.data_ptr():
+                    sources.append(flat)
+                    continue
                 # Before the first forward, per-channel buffers are still empty.
-                sources.append(flat if flat.numel() == q.channels else flat.new_full(
+                complete = False
+                sources.append(flat.new_full(
                     (q.channels,), float("nan") if flat.is_floating_point() else 0))  # fmt: skip
+        if complete:
+            self._ready = sources
         return sources
 
     def record(self, step: int) -> None:
