@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui.state import get_state
+from ui.state import get_state, start_background_work
 
 st.set_page_config(
     page_title="Quantization Workbench", page_icon=":material/biotech:", layout="wide"
@@ -12,5 +12,8 @@ page = st.navigation([
     st.Page("app_pages/model.py", title="Model", icon=":material/inventory_2:"),
     st.Page("app_pages/graph.py", title="Graph", icon=":material/account_tree:", default=True),
     st.Page("app_pages/recipe.py", title="Recipe", icon=":material/tune:"),
+    st.Page("app_pages/diff.py", title="Diff", icon=":material/difference:"),
 ])  # fmt: skip
 page.run()
+# Warming torchao's pattern cache competes for the CPU: start it once the page is drawn.
+start_background_work()

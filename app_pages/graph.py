@@ -26,7 +26,8 @@ rendered = state.rendered(None if depth == "expanded" else int(depth))
 if rendered.auto_collapsed:
     st.info(f"{len(view):,} nodes are over the screen budget: drawn collapsed at depth "
             f"{rendered.collapse_depth} ({rendered.boxes:,} boxes).")  # fmt: skip
-effective = state.effective()
+# Annotation status needs an annotate pass: only when shown (colours, or a selected node).
+effective = state.effective() if colour_by == "annotation" or state.selected else {}
 matches = list(dict.fromkeys(box_of(view[n], rendered.collapse_depth) for n in search(view, query)))
 if query:
     st.caption(f"{len(matches)} match(es)" + (f": {', '.join(matches[:8])}…" if matches else ""))

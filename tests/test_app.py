@@ -40,8 +40,8 @@ def _open(page: str | None = None) -> AppTest:
     return at
 
 
-def _component(at: AppTest) -> dict:
-    """The data payload of the graph component (an unknown element to AppTest)."""
+def _components(at: AppTest) -> list[dict]:
+    """The data payloads of the graph components (unknown elements to AppTest)."""
     found = []
 
     def walk(node: object) -> None:
@@ -51,9 +51,15 @@ def _component(at: AppTest) -> dict:
             walk(child)
 
     walk(at._tree)
+    assert all(p.component_name == "workbench.graph_view" for p in found)
+    return [json.loads(p.json) for p in found]
+
+
+def _component(at: AppTest) -> dict:
+    """The data payload of the page's one graph component."""
+    found = _components(at)
     assert len(found) == 1, "expected exactly one graph component"
-    assert found[0].component_name == "workbench.graph_view"
-    return json.loads(found[0].json)
+    return found[0]
 
 
 def _state(at: AppTest):  # type: ignore[no-untyped-def]
@@ -191,3 +197,37 @@ def test_recipe_survives_a_new_session(workspace: Path) -> None:
     again = _open()  # a refresh, or a server restart, starts a new session
     assert _state(again).recipe == state.recipe
     assert _state(again).notice == "Restored the autosaved recipe (1 rule)."
+
+
+def test_diff_page_links_a_removed_batch_norm_to_its_fused_group(workspace: Path) -> None:
+    import dataclasses
+
+    at = _open()
+    state = _state(at)
+    state.set_recipe(dataclasses.replace(state.recipe, mode="qat"))
+    at.switch_page("app_pages/diff.py").run()
+    assert not at.exception
+    assert [s.value for s in at.selectbox[:2]] == ["prepared", "converted"]
+    counts = {m.label: m.value for m in at.metric}
+    assert counts == {"unchanged": "6", "renamed": "0", "rewritten": "10", "added": "41",
+                      "removed": "66"}  # fmt: skip
+    at.session_state["diff-before"] = {"clicked": "batch_norm_5"}
+    at.run()
+    before, after = _components(at)
+    assert before["selected"] == "batch_norm_5"
+    assert {"conv2d_5", "mul_1", "batch_norm_5"} <= set(before["highlight"])
+    assert after["selected"] == "conv2d_8"
+    assert {"conv2d_8", "dequantize_per_channel_1"} <= set(after["highlight"])
+    assert at.info[-1].value.startswith("Group **conv2d_1**")
+
+
+def test_diff_overlay_view(workspace: Path) -> None:
+    at = _open("diff")
+    next(r for r in at.radio if r.label == "View").set_value("overlay").run()
+    assert not at.exception
+    (overlay,) = _components(at)
+    svg = overlay["svg"]
+    # PTQ prepared -> converted: the 13 observers go (drawn dashed), q/dq pairs come.
+    assert svg.count('<g id="before/activation_post_process_') == 13
+    assert '<g id="conv2d" class="node">' in svg
+    assert '<g id="quantize_per_tensor_default" class="node">' in svg

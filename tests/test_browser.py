@@ -35,9 +35,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamlit run app.py` on a free loopback port, stopped by PID afterwards."""
+    """`streamlit run app.py` with a fresh workspace on a free loopback port, stopped by PID."""
     port = _free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS.joinpath("streamlit.log").open("w")
@@ -144,3 +144,26 @@ def test_click_a_conv_and_keep_it_float(server: str, page, tmp_path: Path) -> No
     (ARTIFACTS / "timings.txt").write_text(
         f"click to node detail in browser: {click_to_detail:.3f} s\n"
     )
+
+
+def test_diff_page_highlights_a_fused_group_on_both_sides(server: str, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server)
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
+    page.get_by_role("link", name="Recipe").click()
+    page.get_by_text("No rules yet").wait_for(timeout=60_000)
+    _choose(page, "Mode", "qat")
+    page.wait_for_timeout(1500)
+    page.get_by_role("link", name="Diff").click()
+    removed = page.locator('g.node[id="batch_norm_5"]')
+    removed.wait_for(timeout=120_000)
+    page.locator('g.node[id="conv2d_8"]').wait_for(timeout=60_000)
+    removed.click()
+    page.locator('g.node.wb-selected[id="conv2d_8"]').wait_for(timeout=30_000)
+    assert "wb-selected" in (removed.get_attribute("class") or "")
+    for name in ("conv2d_5", "mul_1"):  # the fusion's conv and weight scaling, before
+        assert "wb-match" in (page.locator(f'g.node[id="{name}"]').get_attribute("class") or "")
+    assert "wb-match" in (
+        page.locator('g.node[id="dequantize_per_channel_1"]').get_attribute("class") or ""
+    )
+    page.get_by_text("Group conv2d_1").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "diff_page.png"))

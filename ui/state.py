@@ -18,9 +18,19 @@ import streamlit as st
 from sample_models import DEFAULT_SAMPLE
 from workbench.capture import CapturedModel, ModelSpec
 from workbench.capture import capture as _capture
+from workbench.data import default_data_spec, load_data
 from workbench.errors import WorkbenchError
 from workbench.graph import GraphView, describe
 from workbench.pattern_cache import install_pattern_cache, warm_pattern_cache
+from workbench.pipeline import (
+    QatConfig,
+    Stage,
+    calibrate,
+    convert,
+    exported_stage,
+    prepare,
+    train_qat,
+)
 from workbench.quantizer import quantizable_nodes
 from workbench.recipe import Effective, Recipe, validate
 from workbench.render import Rendered, dot_to_svg, render_for_screen
@@ -41,8 +51,11 @@ class AppState:
     error: WorkbenchError | None = None
     notice: str | None = None
     selected: str | None = None
+    diff_selected: tuple[str, str] | None = None  # (side, node) clicked on the Diff page
     _effective: tuple[str, dict[str, Effective]] | None = None
     _rendered: dict[int | None, Rendered] = field(default_factory=dict)
+    _stages: tuple[str, dict[str, Stage]] | None = None
+    _views: dict[tuple[str, str], GraphView] = field(default_factory=dict)
 
     def effective(self) -> dict[str, Effective]:
         """Quantizable nodes with their effective settings, recomputed when the recipe changes."""
@@ -59,6 +72,36 @@ class AppState:
         if depth not in self._rendered:
             self._rendered[depth] = render_for_screen(self.view, collapse_depth=depth)
         return self._rendered[depth]
+
+    def stages(self) -> dict[str, Stage]:
+        """Exported, prepared, calibrated (PTQ) or trained (QAT, 20 steps) and converted.
+
+        A quick preview of the flow for the current recipe on the default data; recomputed
+        when the recipe changes.
+        """
+        assert self.captured is not None
+        key = self.recipe.to_json()
+        if self._stages is None or self._stages[0] != key:
+            captured, recipe = self.captured, self.recipe
+            data = load_data(default_data_spec(captured.example_inputs), captured.example_inputs)
+            exported = exported_stage(captured)
+            prepared = prepare(captured, recipe)
+            if recipe.mode == "qat":
+                tuned = train_qat(prepared, data, QatConfig(steps=20, batch_size=32),
+                                  teacher=exported.graph_module)  # fmt: skip
+            else:
+                tuned = calibrate(prepared, data, batches=8)
+            stages = {s.name: s for s in (exported, prepared, tuned, convert(tuned))}
+            self._stages = (key, stages)
+            self._views = {}
+        return self._stages[1]
+
+    def stage_view(self, name: str) -> GraphView:
+        """The graph view of one preview stage."""
+        key = (self.recipe.to_json(), name)
+        if key not in self._views:
+            self._views[key] = describe(self.stages()[name].graph_module, stage=name)
+        return self._views[key]
 
     def set_recipe(self, recipe: Recipe) -> None:
         """Adopt an edited recipe and autosave it to the workspace."""
@@ -78,9 +121,14 @@ def _pattern_cache_started() -> threading.Thread:
     return thread
 
 
+def start_background_work() -> None:
+    """Start what may run after the first page is drawn (call at the end of the script)."""
+    _pattern_cache_started()
+
+
 def get_state() -> AppState:
     """The session's state, created on first use with the start-up model loaded."""
-    _pattern_cache_started()
+    install_pattern_cache()
     if STATE_KEY not in st.session_state:
         workspace = Workspace.default()
         state = AppState(workspace)
@@ -109,6 +157,7 @@ def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None =
         return False
     state.spec, state.captured, state.view, state.error = spec, captured, view, None
     state.selected, state._effective, state._rendered = None, None, {}
+    state.diff_selected, state._stages, state._views = None, None, {}
     state.recipe, state.notice = Recipe(), None
     saved = state.workspace.load_recipe(spec)
     if saved is not None:

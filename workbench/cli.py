@@ -243,10 +243,9 @@ def _recipe(args: argparse.Namespace) -> Recipe:
 
 
 def _default_data(data: str | None, captured: CapturedModel) -> str:
-    if data is not None:
-        return data
-    inputs = captured.example_inputs
-    return "digits" if len(inputs) == 1 and tuple(inputs[0].shape[1:]) == (1, 8, 8) else "random"
+    from workbench.data import default_data_spec
+
+    return data if data is not None else default_data_spec(captured.example_inputs)
 
 
 def _quantize(args: argparse.Namespace) -> int:

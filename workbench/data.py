@@ -75,6 +75,12 @@ class Dataset:
             yield tuple(t[start:end] for t in self.eval_inputs), targets
 
 
+def default_data_spec(example_inputs: tuple[torch.Tensor, ...]) -> str:
+    """digits for models taking (N, 1, 8, 8) images, random otherwise."""
+    fits = len(example_inputs) == 1 and tuple(example_inputs[0].shape[1:]) == (1, 8, 8)
+    return "digits" if fits else "random"
+
+
 def load_data(spec: str, example_inputs: tuple[torch.Tensor, ...], *, seed: int = 0) -> Dataset:
     """Load the data named by `spec`, checked against the model's example inputs."""
     spec = spec.strip()

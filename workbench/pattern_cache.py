@@ -279,7 +279,10 @@ def warm_pattern_cache() -> None:
 
     example = (torch.randn(2, 2, 2, 2),)
     for backend in ("x86_inductor", "xnnpack"):
-        model = torch.export.export(Tiny().eval(), example).module()
+        with EXPORT_LOCK:
+            model = torch.export.export(Tiny().eval(), example).module()
+        # Only the pattern exports inside hold EXPORT_LOCK, so a session's own capture or
+        # prepare can run between them instead of waiting for the whole warm-up.
         prepared = prepare_qat_pt2e(model, base_quantizer(backend, is_qat=True))
         prepared(*example)
         move_exported_model_to_eval(prepared)

@@ -45,6 +45,7 @@ class NodeOverlay:
     border: str | None = None
     badge: str | None = None
     tooltip: str | None = None
+    style: str | None = None  # Graphviz node style, e.g. "rounded,filled,dashed"
 
 
 Overlay = Mapping[str, NodeOverlay]
@@ -285,6 +286,8 @@ def _emit_item(dot: graphviz.Digraph, item: _Item, types: dict[str, str], overla
              "tooltip": _escape(extra.tooltip or tooltip)}  # fmt: skip
     if extra.border:
         attrs.update(color=extra.border, penwidth="2")
+    if extra.style:
+        attrs["style"] = extra.style
     if shape:
         attrs["shape"] = shape
     dot.node(item.id, id=item.id, **attrs)
