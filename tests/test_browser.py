@@ -141,6 +141,13 @@ def test_click_a_conv_and_keep_it_float(server: str, page, tmp_path: Path) -> No
     assert json.loads(target.read_text())["overrides"] == [
         {"match": {"node": "conv2d_1"}, "set": {"keep_float": True}}
     ]
+    # An upload that names a node the model does not have is refused with the closest names.
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"overrides": [{"match": {"node": "conv2d_11"}, "set": {"keep_float": true}}]}')
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(bad))
+    page.get_by_role("button", name="Use uploaded recipe").click()
+    page.get_by_text("node 'conv2d_11' (closest: conv2d_1").first.wait_for(timeout=30_000)
+    page.get_by_text("keep_float=True").first.wait_for()  # the recipe in use is unchanged
     (ARTIFACTS / "timings.txt").write_text(
         f"click to node detail in browser: {click_to_detail:.3f} s\n"
     )
