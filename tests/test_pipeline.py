@@ -6,15 +6,13 @@ Each (model, mode) is built once per module: QAT converts of conv-bn models take
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from timing import time_limit
 from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
@@ -309,22 +307,6 @@ def test_nan_in_evaluation_split_names_the_sample(models: dict[str, CapturedMode
         load_data(spec, models["digits_cnn"].example_inputs)
     assert "contain NaN or infinite values" in info.value.problem
     assert "samples [30]" in info.value.problem
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the main thread after `seconds` (for code that may loop forever)."""
-
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_small_data_loads(models: dict[str, CapturedModel]) -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from timing import time_limit
 from torch import nn
 
 from workbench.capture import capture, export_model
@@ -34,22 +32,6 @@ needs_dot = pytest.mark.skipif(
 def box_ids(dot: str) -> list[str]:
     """Ids of the boxes (node statements) in DOT text, in order."""
     return re.findall(r'^\s*"?([^\s"]+)"? \[label=', dot, flags=re.MULTILINE)
-
-
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the main thread after `seconds` (guards against endless loops)."""
-
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"did not finish within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 class Tiny(nn.Module):

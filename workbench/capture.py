@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import importlib.util
 import inspect
 import logging
 import re
-import sys
 import time
 import zipfile
 from collections.abc import Sequence
@@ -24,6 +21,7 @@ from torch.fx import GraphModule
 
 from workbench.errors import CaptureError, InputShapeError, ModelSpecError, first_line
 from workbench.locks import EXPORT_LOCK
+from workbench.userfile import import_user_file
 
 log = logging.getLogger(__name__)
 
@@ -177,24 +175,8 @@ def _load_sample(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 
 def _call_factory(path: Path, func: str) -> tuple[nn.Module, tuple[torch.Tensor, ...] | None]:
-    if not path.is_file():
-        raise ModelSpecError(
-            f"No such file: {path}.", "Check the path; it is relative to the current directory."
-        )
-    module_name = "workbench_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise ModelSpecError(f"{path} cannot be imported as Python.", "Give a .py file.")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise ModelSpecError(
-            f"Importing {path} failed: {type(exc).__name__}: {first_line(exc)}",
-            "Fix the error in that file (run `python " + str(path) + "` to see it in full).",
-        ) from exc
+    module = import_user_file(path, prefix="workbench_user_", error=ModelSpecError)
+    module_name = module.__name__
     factory = getattr(module, func, None)
     if not callable(factory):
         found = sorted(

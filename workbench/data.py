@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +11,7 @@ from typing import Any, Literal
 import torch
 
 from workbench.errors import WorkbenchError, first_line
+from workbench.userfile import import_user_file
 
 QualityKind = Literal["accuracy", "agreement", "mse"]
 DATA_FORMS = "digits, random or path/to/file.py:FUNC"
@@ -145,16 +143,8 @@ def _random(example_inputs: tuple[torch.Tensor, ...], seed: int) -> Dataset:
 
 
 def _from_function(spec: str, path: Path, func: str) -> Dataset:
-    if not path.is_file():
-        raise DataError(f"No such data file: {path}.", "Check the path of the data spec.")
-    name = "workbench_data_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise DataError(f"{path} cannot be imported as Python.", "Give a .py file.")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
+    module = import_user_file(path, prefix="workbench_data_", error=DataError, what="data file")
     try:
-        module_spec.loader.exec_module(module)
         source = getattr(module, func)
         batches = list(source() if callable(source) else source)
     except AttributeError as exc:
