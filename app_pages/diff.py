@@ -3,13 +3,10 @@
 import streamlit as st
 
 from ui.diff_view import linked_graphs, overlay_graph, stage_diff, tables
-from ui.state import get_state
+from ui.state import loaded_state
 from workbench.errors import WorkbenchError
 
-state = get_state()
-if state.view is None:
-    st.info("Load a model on the Model page first.")
-    st.stop()
+state = loaded_state()
 st.title(f"Diff · {state.spec}")
 st.caption(f"{state.recipe.mode.upper()} with {state.recipe.backend} (set on the Recipe page); "
            "stages are a quick preview on the default data.")  # fmt: skip

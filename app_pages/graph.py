@@ -4,15 +4,12 @@ import streamlit as st
 
 from ui.editor import node_editor
 from ui.graph_view import graph_view, legend, node_details
-from ui.state import get_state, svg_for
+from ui.state import loaded_state, svg_for
 from workbench.annotate import ANNOTATION_COLOURS, annotation_colours
 from workbench.graph import search
 from workbench.render import box_of, max_depth
 
-state = get_state()
-if state.view is None:
-    st.info("Load a model on the Model page first.")
-    st.stop()
+state = loaded_state()
 view = state.view
 st.title(f"Graph · {state.spec}")
 

@@ -4,12 +4,9 @@ import streamlit as st
 
 from ui.editor import adopt_recipe, bulk_editor, recipe_choices
 from ui.recipe_table import recipe_table, rules_list
-from ui.state import get_state
+from ui.state import loaded_state
 
-state = get_state()
-if state.view is None:
-    st.info("Load a model on the Model page first.")
-    st.stop()
+state = loaded_state()
 view = state.view
 st.title(f"Recipe · {state.spec}")
 if state.notice:

@@ -137,6 +137,15 @@ def get_state() -> AppState:
     return st.session_state[STATE_KEY]
 
 
+def loaded_state() -> AppState:
+    """The session's state for a page that needs a model; stops the page when none is loaded."""
+    state = get_state()
+    if state.view is None:
+        st.info("Load a model on the Model page first.")
+        st.stop()
+    return state
+
+
 def startup_spec(workspace: Workspace) -> str:
     """`--model` from the command line, else the workspace's last model, else the default."""
     parser = argparse.ArgumentParser(add_help=False)
