@@ -13,6 +13,7 @@ page = st.navigation([
     st.Page("app_pages/graph.py", title="Graph", icon=":material/account_tree:", default=True),
     st.Page("app_pages/recipe.py", title="Recipe", icon=":material/tune:"),
     st.Page("app_pages/diff.py", title="Diff", icon=":material/difference:"),
+    st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
 ])  # fmt: skip
 page.run()
 # Warming torchao's pattern cache competes for the CPU: start it once the page is drawn.

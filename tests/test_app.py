@@ -231,3 +231,37 @@ def test_diff_overlay_view(workspace: Path) -> None:
     assert svg.count('<g id="before/activation_post_process_') == 13
     assert '<g id="conv2d" class="node">' in svg
     assert '<g id="quantize_per_tensor_default" class="node">' in svg
+
+
+def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
+    workspace: Path, tmp_path: Path
+) -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    import torch
+
+    at = _open("export")
+    command = at.code[-1].value
+    assert command.startswith("python -m workbench quantize --model sample:digits_cnn ")
+    next(b for b in at.button if b.label == "Build model.pt2").click().run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Reload check"] == "bit-equal"
+    assert metrics["Batch"] == "dynamic"
+    state = _state(at)
+    path = state.exported_build.saved.path
+    assert path == workspace / "exports" / "model.pt2"
+    x = torch.rand(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    reloaded = torch.export.load(str(path)).module()
+    in_app = state.stages()["converted"].graph_module
+    assert torch.equal(reloaded(x), in_app(x))
+
+    (tmp_path / "recipe.json").write_text(state.recipe.to_json())
+    args = shlex.split(command)[1:]
+    done = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    headless = torch.export.load(str(tmp_path / "model.pt2")).module()
+    assert torch.equal(headless(x), reloaded(x))

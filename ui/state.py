@@ -20,6 +20,7 @@ from workbench.capture import CapturedModel, ModelSpec
 from workbench.capture import capture as _capture
 from workbench.data import default_data_spec, load_data
 from workbench.errors import WorkbenchError
+from workbench.flow import BuildResult
 from workbench.graph import GraphView, describe
 from workbench.pattern_cache import install_pattern_cache, warm_pattern_cache
 from workbench.pipeline import (
@@ -52,6 +53,7 @@ class AppState:
     notice: str | None = None
     selected: str | None = None
     diff_selected: tuple[str, str] | None = None  # (side, node) clicked on the Diff page
+    exported_build: BuildResult | None = None
     _effective: tuple[str, dict[str, Effective]] | None = None
     _rendered: dict[int | None, Rendered] = field(default_factory=dict)
     _stages: tuple[str, dict[str, Stage]] | None = None
@@ -86,15 +88,20 @@ class AppState:
             data = load_data(default_data_spec(captured.example_inputs), captured.example_inputs)
             exported = exported_stage(captured)
             prepared = prepare(captured, recipe)
+            steps, batch_size = self.preview_steps()
             if recipe.mode == "qat":
-                tuned = train_qat(prepared, data, QatConfig(steps=20, batch_size=32),
-                                  teacher=exported.graph_module)  # fmt: skip
+                config = QatConfig(steps=steps, batch_size=batch_size)
+                tuned = train_qat(prepared, data, config, teacher=exported.graph_module)
             else:
-                tuned = calibrate(prepared, data, batches=8)
+                tuned = calibrate(prepared, data, batches=steps, batch_size=batch_size)
             stages = {s.name: s for s in (exported, prepared, tuned, convert(tuned))}
             self._stages = (key, stages)
             self._views = {}
         return self._stages[1]
+
+    def preview_steps(self) -> tuple[int, int]:
+        """(steps, batch size) of the preview: QAT steps or PTQ calibration batches."""
+        return (20, 32) if self.recipe.mode == "qat" else (8, 64)
 
     def stage_view(self, name: str) -> GraphView:
         """The graph view of one preview stage."""
@@ -167,6 +174,7 @@ def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None =
     state.spec, state.captured, state.view, state.error = spec, captured, view, None
     state.selected, state._effective, state._rendered = None, None, {}
     state.diff_selected, state._stages, state._views = None, None, {}
+    state.exported_build = None
     state.recipe, state.notice = Recipe(), None
     saved = state.workspace.load_recipe(spec)
     if saved is not None:

@@ -83,7 +83,9 @@ class CapturedModel:
 
     def graph_module(self) -> GraphModule:
         """Return a new GraphModule of the captured graph, without the `_guards_fn` input check."""
-        return copy.deepcopy(self.program.module(check_guards=False))
+        with EXPORT_LOCK:  # unlifting traces the program, like torch.export
+            module = self.program.module(check_guards=False)
+        return copy.deepcopy(module)
 
     @property
     def parameter_count(self) -> int:
@@ -330,7 +332,8 @@ def _load_pt2(spec: ModelSpec, input_shape: Sequence[int] | None) -> CapturedMod
 
     start = time.perf_counter()
     try:
-        program = torch.export.load(str(path))
+        with EXPORT_LOCK:
+            program = torch.export.load(str(path))
     except (zipfile.BadZipFile, RuntimeError, KeyError, ValueError, EOFError) as exc:
         raise ModelSpecError(
             f"{path} is not a readable .pt2 archive: it is corrupt or truncated, or was saved "
@@ -369,7 +372,9 @@ def _check_program_accepts(program: ExportedProgram, inputs: tuple[torch.Tensor,
     got = ", ".join(str(tuple(t.shape)) for t in inputs)
     try:
         with torch.no_grad():
-            program.module()(*inputs)
+            with EXPORT_LOCK:
+                module = program.module()
+            module(*inputs)
     except Exception as exc:
         raise InputShapeError(
             f"The saved program does not accept inputs of shape {got}: {first_line(exc)}",

@@ -17,6 +17,7 @@ from torch.fx import GraphModule
 
 from workbench.capture import export_model
 from workbench.errors import WorkbenchError
+from workbench.locks import EXPORT_LOCK
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,10 @@ def save_program(
     check_writable(path)
     with _temporary_beside(path) as tmp:
         start = time.perf_counter()
-        torch.export.save(program, str(tmp))
-        saved = time.perf_counter()
-        reloaded = torch.export.load(str(tmp)).module()
+        with EXPORT_LOCK:  # deserializing traces the graph: not thread-safe either
+            torch.export.save(program, str(tmp))
+            saved = time.perf_counter()
+            reloaded = torch.export.load(str(tmp)).module()
         reload_seconds = time.perf_counter() - saved
         worst, equal, count = 0.0, True, 0
         with torch.no_grad():
@@ -110,7 +112,8 @@ def program_size(program: ExportedProgram) -> int:
     """Bytes the program takes as a .pt2 file."""
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "model.pt2"
-        torch.export.save(program, str(target))
+        with EXPORT_LOCK:
+            torch.export.save(program, str(target))
         return target.stat().st_size
 
 

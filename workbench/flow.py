@@ -6,6 +6,7 @@ The app runs the same steps one by one; the CLI's `quantize` runs them all throu
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,32 @@ def build(
     stages["converted"] = converted
     if progress is not None:
         progress("export", 0, 1, {})
+    result = export_stages(captured, recipe, dataset, stages, out, timings)
+    report = result.report
+    if report_path is not None:
+        write_text(report_path, json.dumps(report, indent=2) + "\n")
+    if recipe_path is not None:
+        write_text(recipe_path, recipe.to_json())
+    if progress is not None:
+        progress("export", 1, 1, {})
+    return result
+
+
+def export_stages(
+    captured: CapturedModel,
+    recipe: Recipe,
+    dataset: Dataset,
+    stages: dict[str, Stage],
+    out: Path,
+    timings: dict[str, float] | None = None,
+) -> BuildResult:
+    """Save the converted stage as a reload-checked .pt2 at `out` and make the report.
+
+    The reload check compares outputs on up to four evaluation batches and the example
+    inputs; nothing is written at `out` unless it passes.
+    """
+    timings = dict(timings or {})
+    converted = stages["converted"]
     start = time.perf_counter()
     program = program_for(converted.graph_module, captured.example_inputs)
     timings["export"] = time.perf_counter() - start
@@ -104,14 +131,20 @@ def build(
         check_inputs=[*check, captured.example_inputs],
     )
     timings["save"], timings["reload"] = saved.export_seconds, saved.reload_seconds
-    report = make_report(captured, recipe, dataset, stages, saved, timings)
-    if report_path is not None:
-        write_text(report_path, json.dumps(report, indent=2) + "\n")
-    if recipe_path is not None:
-        write_text(recipe_path, recipe.to_json())
-    if progress is not None:
-        progress("export", 1, 1, {})
-    return BuildResult(stages, saved, report)
+    return BuildResult(
+        stages, saved, make_report(captured, recipe, dataset, stages, saved, timings)
+    )
+
+
+def reproduce_command(
+    spec: str, recipe_file: str, mode: str, data: str, steps: int, batch_size: int
+) -> str:
+    """The `python -m workbench quantize` command that rebuilds the same model headless."""
+    return (
+        f"python -m workbench quantize --model {shlex.quote(spec)} --recipe {recipe_file} "
+        f"--mode {mode} --data {shlex.quote(data)} --steps {steps} --batch-size {batch_size} "
+        "--out model.pt2 --report report.json"
+    )
 
 
 def make_report(
