@@ -369,3 +369,32 @@ def test_xnnpack_backend_converts(ptq: Any) -> None:
     assert {qdq_args(n) for n in weights} == {(-127, 127, torch.int8)}  # symmetric int8
     assert [u.op for u in node_for(gm, "linear").users] == ["call_function"]  # output quantized
     assert prepared.created_by == "prepare_pt2e (xnnpack)"
+
+
+def test_activation_setting_on_a_relu_reaches_the_edge_that_quantizes_its_output(
+    captured: dict[str, CapturedModel],
+) -> None:
+    """x86 quantizes the relu after a conv at the next op's input; the relu's rule goes there."""
+    from workbench.data import load_data
+    from workbench.pipeline import calibrate, convert, evaluate, prepare
+    from workbench.recipe import Override, QuantSetting, Recipe
+
+    cap = captured["digits_cnn"]
+    setting = QuantSetting(activation_dtype="int4", activation_scheme="symmetric")
+    recipe = Recipe(overrides=(Override("node", "relu_1", setting),))
+    prepared = prepare(cap, recipe)
+    observers = [
+        prepared.graph_module.get_submodule(str(n.target))
+        for n in prepared.graph_module.graph.nodes
+        if n.op == "call_module" and [a.name for a in n.all_input_nodes] == ["relu_1"]
+    ]
+    assert [(o.dtype, o.quant_min, o.quant_max, o.qscheme) for o in observers] == [
+        (torch.int8, -7, 7, torch.per_tensor_symmetric)
+    ]
+    data = load_data("digits", cap.example_inputs)
+    converted = convert(calibrate(prepared, data, batches=4)).graph_module
+    quant = [n for n in converted.graph.nodes
+             if n.target == torch.ops.quantized_decomposed.quantize_per_tensor.default
+             and n.args[0].name == "relu_1"]  # fmt: skip
+    assert [n.args[3:] for n in quant] == [(-7, 7, torch.int8)]
+    assert evaluate(converted, data) < 99.44  # the 4-bit edge costs accuracy: it is real

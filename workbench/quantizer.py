@@ -98,6 +98,7 @@ class RecipeQuantizer(Quantizer):
             effective[node] = eff
             self.applied[info.name] = eff
             _apply_setting(node, annotation, eff.setting, self.is_qat)
+        _apply_to_output_edges(effective, self.is_qat)
         _align_merged_observers(effective, self.is_qat)
         kept_float = {node for node, eff in effective.items() if eff.setting.keep_float}
         _drop_outputs_only_float_nodes_read(kept_float)
@@ -214,6 +215,36 @@ def observer_constructor(
         )
     inner_cls = MinMaxObserver if kind == "minmax" else HistogramObserver
     return FakeQuantize.with_args(observer=inner_cls, eps=_EPS)
+
+
+ACTIVATION_FIELDS = ("activation_dtype", "activation_scheme", "observer")
+
+
+def _apply_to_output_edges(effective: dict[Node, Effective], is_qat: bool) -> None:
+    """Apply a node's activation setting where its output is quantized: its consumers' inputs.
+
+    Backends often quantize an op's output at the edge into the next op (x86 annotates the
+    relu after a conv with no output spec; the next conv's input spec quantizes it). The
+    consumer's own rule keeps that edge when it has higher precedence.
+    """
+    rank = {level: i for i, level in enumerate(LEVELS)}
+    for node, eff in effective.items():
+        fields = {k: v for k, v in eff.setting.fields_set().items() if k in ACTIVATION_FIELDS}
+        annotation = node.meta[ANNOTATION_KEY]
+        if not fields or eff.setting.keep_float or annotation.output_qspec is not None:
+            continue
+        setting = QuantSetting(**fields)
+        for user in node.users:
+            user_annotation = user.meta.get(ANNOTATION_KEY)
+            spec = user_annotation.input_qspec_map.get(node) if user_annotation else None
+            user_eff = effective.get(user)
+            if not isinstance(spec, QuantizationSpec) or (
+                user_eff is not None and rank[user_eff.level] > rank[eff.level]
+            ):
+                continue
+            user_annotation.input_qspec_map[node] = edit_spec(
+                spec, setting, "activation", is_qat=is_qat
+            )
 
 
 def _align_merged_observers(effective: dict[Node, Effective], is_qat: bool) -> None:
