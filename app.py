@@ -12,6 +12,7 @@ page = st.navigation([
     st.Page("app_pages/model.py", title="Model", icon=":material/inventory_2:"),
     st.Page("app_pages/graph.py", title="Graph", icon=":material/account_tree:", default=True),
     st.Page("app_pages/recipe.py", title="Recipe", icon=":material/tune:"),
+    st.Page("app_pages/train.py", title="Train & convert", icon=":material/model_training:"),
     st.Page("app_pages/diff.py", title="Diff", icon=":material/difference:"),
     st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
 ])  # fmt: skip

@@ -265,3 +265,35 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
     assert done.returncode == 0, done.stderr
     headless = torch.export.load(str(tmp_path / "model.pt2")).module()
     assert torch.equal(headless(x), reloaded(x))
+
+
+def test_train_page_runs_qat_with_charts_and_converts(workspace: Path) -> None:
+    import dataclasses
+
+    from workbench.flow import op_counts
+
+    at = _open()
+    state = _state(at)
+    state.set_recipe(dataclasses.replace(state.recipe, mode="qat"))
+    at.switch_page("app_pages/train.py").run()
+    assert not at.exception
+    for key, value in (("qat-steps", 6), ("qat-batch", 32), ("qat-every", 3), ("qat-bn", 4),
+                       ("qat-obs", 5)):  # fmt: skip
+        at.number_input(key=key).set_value(value)
+    at.run()
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert not at.exception and not at.error
+    run = at.session_state["qat-run"]
+    assert run.done and run.step_count == 6
+    assert [r["step"] for r in run.history] == [3, 6]
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3  # loss, drift, observer range
+    assert (run.checkpoint_path).is_file()
+    next(b for b in at.button if b.label == "Convert").click().run()
+    assert not at.exception
+    converted, quality = at.session_state["qat-converted"]
+    ops = op_counts(converted.graph_module)
+    assert "batch_norm" not in ops and ops["dequantize_per_channel"] == 5
+    float_quality = run.history[-1]["float"]
+    assert abs(quality - float_quality) <= 1.0
+    assert at.metric[0].label == "int8 accuracy"
