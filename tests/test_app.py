@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -199,14 +200,18 @@ def test_recipe_survives_a_new_session(workspace: Path) -> None:
     assert _state(again).notice == "Restored the autosaved recipe (1 rule)."
 
 
-def test_diff_page_links_a_removed_batch_norm_to_its_fused_group(workspace: Path) -> None:
-    import dataclasses
-
+def _open_qat(page: str) -> AppTest:
+    """The app with the recipe switched to QAT, on `page`."""
     at = _open()
     state = _state(at)
     state.set_recipe(dataclasses.replace(state.recipe, mode="qat"))
-    at.switch_page("app_pages/diff.py").run()
+    at.switch_page(f"app_pages/{page}.py").run()
     assert not at.exception
+    return at
+
+
+def test_diff_page_links_a_removed_batch_norm_to_its_fused_group(workspace: Path) -> None:
+    at = _open_qat("diff")
     assert [s.value for s in at.selectbox[:2]] == ["prepared", "converted"]
     counts = {m.label: m.value for m in at.metric}
     assert counts == {"unchanged": "6", "renamed": "0", "rewritten": "10", "added": "41",
@@ -268,15 +273,9 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
 
 
 def test_train_page_runs_qat_with_charts_and_converts(workspace: Path) -> None:
-    import dataclasses
-
     from workbench.flow import op_counts
 
-    at = _open()
-    state = _state(at)
-    state.set_recipe(dataclasses.replace(state.recipe, mode="qat"))
-    at.switch_page("app_pages/train.py").run()
-    assert not at.exception
+    at = _open_qat("train")
     for key, value in (("qat-steps", 6), ("qat-batch", 32), ("qat-every", 3), ("qat-bn", 4),
                        ("qat-obs", 5)):  # fmt: skip
         at.number_input(key=key).set_value(value)

@@ -10,7 +10,6 @@ import pandas as pd
 
 from workbench.graph import GraphView
 from workbench.recipe import Effective, MatchKind, Override, QuantSetting, Recipe
-from workbench.render import NodeOverlay
 
 SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(QuantSetting))
 TABLE_COLUMNS = ("node", "op", "module", "module_type", "rule", *SETTING_FIELDS)
@@ -110,22 +109,6 @@ def annotation_colours(view: GraphView, effective: Mapping[str, Effective]) -> d
         for n in view.nodes
         if n.op == "call_function"
     }
-
-
-def annotation_overlay(
-    view: GraphView, effective: Mapping[str, Effective]
-) -> dict[str, NodeOverlay]:
-    """The same as an overlay for DOT output: fill, plus a badge naming what is not default."""
-    overlay = {}
-    for name, colour in annotation_colours(view, effective).items():
-        eff = effective.get(name)
-        badge = None
-        if eff is not None and eff.rule != "default":
-            badge = "float" if eff.setting.keep_float else ", ".join(
-                str(v) for k, v in eff.setting.fields_set().items() if k != "keep_float"
-            )  # fmt: skip
-        overlay[name] = NodeOverlay(fill=colour, badge=badge, tooltip=eff.rule if eff else None)
-    return overlay
 
 
 def _blank(value: Any) -> bool:
