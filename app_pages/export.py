@@ -5,7 +5,7 @@ import json
 import streamlit as st
 
 from ui.state import loaded_state
-from workbench.data import default_data_spec, load_data
+from workbench.data import load_data
 from workbench.errors import WorkbenchError
 from workbench.flow import export_stages, reproduce_command
 
@@ -13,24 +13,29 @@ state = loaded_state()
 captured = state.captured
 assert captured is not None
 st.title(f"Export · {state.spec}")
-steps, batch_size = state.preview_steps()
-data_spec = default_data_spec(captured.example_inputs)
+schedule = state.schedule()
 mode = state.recipe.mode
-st.caption(f"The converted model of the current recipe ({mode.upper()}, {steps} "
-           f"{'steps' if mode == 'qat' else 'calibration batches'} of {batch_size} from "
-           f"{data_spec}). The file is written only after it reloads with torch.export.load "
-           "and gives the in-memory model's outputs.")  # fmt: skip
+made = f"{schedule.steps} {'steps' if mode == 'qat' else 'calibration batches'} of " \
+       f"{schedule.batch_size} from {schedule.data_spec}"  # fmt: skip
+if state.current() is not None:
+    st.caption(f"The model converted on the Train & convert page ({mode.upper()}, {made}).")
+else:
+    st.caption(f"No model was converted with the current recipe on the Train & convert page: "
+               f"this is a quick preview ({mode.upper()}, {made}).")  # fmt: skip
+st.caption("The file is written only after it reloads with torch.export.load and gives the "
+           "in-memory model's outputs.")  # fmt: skip
 if st.button("Build model.pt2", type="primary"):
     out = state.workspace.folder / "exports" / "model.pt2"
     out.parent.mkdir(exist_ok=True)
     try:
         with st.spinner("Converting, exporting, saving and reloading…"):
-            data = load_data(data_spec, captured.example_inputs)
-            state.exported_build = export_stages(captured, state.recipe, data, state.stages(), out)
+            data = load_data(schedule.data_spec, captured.example_inputs)
+            built = export_stages(captured, state.recipe, data, state.stages(), out)
+            state.exported_build = (state.stages_key(), built)
     except WorkbenchError as exc:
         st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
-build = state.exported_build
-if build is not None:
+key, build = state.exported_build or ("", None)
+if build is not None and key == state.stages_key():
     report, saved = build.report, build.saved
     files, quality, check = report["files"], report["quality"], report["reload_check"]
     unit = "" if quality["metric"] == "mse" else " %"
@@ -50,5 +55,5 @@ if build is not None:
     downloads[2].download_button("report.json", json.dumps(report, indent=2), "report.json")
 st.markdown("**Reproduce headless**")
 assert state.spec is not None
-st.code(reproduce_command(state.spec, "recipe.json", mode, data_spec, steps, batch_size),
-        language="bash")  # fmt: skip
+st.code(reproduce_command(state.spec, "recipe.json", mode, schedule.data_spec, schedule.steps,
+                          schedule.batch_size, schedule.qat), language="bash")  # fmt: skip

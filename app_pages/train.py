@@ -1,17 +1,20 @@
-"""Train & Convert page: QAT with live loss, accuracy drift and observer ranges; then convert."""
+"""Train & Convert page: calibrate (PTQ) or train (QAT) with live charts, convert, compare."""
 
 import streamlit as st
 
+from ui.compare_view import comparison_section
 from ui.state import loaded_state
-from ui.training import convert_run, run_charts, run_controls
+from ui.training import convert_section, ptq_section, qat_section
 
 state = loaded_state()
 st.title(f"Train & convert · {state.spec}")
-if state.recipe.mode != "qat":
-    st.info("The recipe is PTQ: set its mode to QAT on the Recipe page to train here. "
-            "The Diff and Export pages show the calibrated PTQ model.")  # fmt: skip
-    st.stop()
-run = run_controls(state)
-if run is not None:
-    run_charts(state, run)
-    convert_run(state, run)
+mode = state.recipe.mode
+st.caption(f"{mode.upper()} with {state.recipe.backend} on {state.data().spec} data "
+           "(mode and backend are set on the Recipe page).")  # fmt: skip
+tuned = qat_section(state) if mode == "qat" else ptq_section(state)
+if tuned is not None:
+    convert_section(state, tuned)
+if state.converted is not None:
+    st.divider()
+    st.subheader("int8 against float")
+    comparison_section(state, state.converted)

@@ -200,6 +200,10 @@ def test_recipe_survives_a_new_session(workspace: Path) -> None:
     assert _state(again).notice == "Restored the autosaved recipe (1 rule)."
 
 
+def _chart_titles(at: AppTest) -> list[str]:
+    return [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+
+
 def _open_qat(page: str) -> AppTest:
     """The app with the recipe switched to QAT, on `page`."""
     at = _open()
@@ -256,7 +260,7 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
     assert metrics["Reload check"] == "bit-equal"
     assert metrics["Batch"] == "dynamic"
     state = _state(at)
-    path = state.exported_build.saved.path
+    path = state.exported_build[1].saved.path
     assert path == workspace / "exports" / "model.pt2"
     x = torch.rand(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     reloaded = torch.export.load(str(path)).module()
@@ -272,7 +276,8 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
     assert torch.equal(headless(x), reloaded(x))
 
 
-def test_train_page_runs_qat_with_charts_and_converts(workspace: Path) -> None:
+def test_train_page_runs_qat_with_live_charts_converts_and_compares(workspace: Path) -> None:
+    from workbench.compare import sqnr_colours
     from workbench.flow import op_counts
 
     at = _open_qat("train")
@@ -282,17 +287,95 @@ def test_train_page_runs_qat_with_charts_and_converts(workspace: Path) -> None:
     at.run()
     next(b for b in at.button if b.label == "Start").click().run()
     assert not at.exception and not at.error
-    run = at.session_state["qat-run"]
+    state = _state(at)
+    run = state.qat_run
     assert run.done and run.step_count == 6
     assert [r["step"] for r in run.history] == [3, 6]
-    charts = at.get("plotly_chart")
-    assert len(charts) == 3  # loss, drift, observer range
-    assert (run.checkpoint_path).is_file()
+    assert run.config.freeze_bn_step == 4 and run.config.freeze_observer_step == 5
+    assert run.checkpoint_path.is_file()
+    # A per-tensor (activation) fake quantizer: its range; a per-channel (weight) one adds
+    # its channels.
+    activation = next(q for q in run.recorder.quantizers if q.channels == 1)
+    at.selectbox(key="qat-quantizer").set_value(activation.name).run()
+    assert _chart_titles(at) == ["Training loss", "Quality during QAT",
+                                 f"Observed range of {activation.name}"]  # fmt: skip
+    weight = next(q for q in run.recorder.quantizers if q.channels > 1)
+    at.selectbox(key="qat-quantizer").set_value(weight.name).run()
+    assert _chart_titles(at)[2:] == [f"Observed range of {weight.name}",
+                                     f"Per-channel range of {weight.name} at step 6"]  # fmt: skip
+
     next(b for b in at.button if b.label == "Convert").click().run()
-    assert not at.exception
-    converted, quality = at.session_state["qat-converted"]
-    ops = op_counts(converted.graph_module)
+    assert not at.exception and not at.error
+    converted = state.converted
+    assert converted is state.current()
+    ops = op_counts(converted.stages["converted"].graph_module)
     assert "batch_norm" not in ops and ops["dequantize_per_channel"] == 5
-    float_quality = run.history[-1]["float"]
-    assert abs(quality - float_quality) <= 1.0
-    assert at.metric[0].label == "int8 accuracy"
+    assert set(converted.stages) == {"exported", "prepared", "trained", "converted"}
+    comparison = converted.comparison
+    assert abs(comparison.int8_quality - run.history[-1]["float"]) <= 1.0
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["int8 accuracy"] == f"{comparison.int8_quality:.2f} %"
+    # The drift chart carries the int8 point at the last step.
+    drift = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                 if "Quality during QAT" in c.proto.spec)  # fmt: skip
+    star = next(t for t in drift["data"] if t["name"] == "int8 (converted)")
+    assert star["x"] == [6] and star["y"] == [comparison.int8_quality]
+
+    # The Graph page colours by SQNR and shows a clicked node's numbers.
+    at.switch_page("app_pages/graph.py").run()
+    at.radio(key="graph-colour").set_value("SQNR").run()
+    assert not at.exception
+    assert _component(at)["colors"] == sqnr_colours(state.view, comparison.errors)
+    at.session_state["graph"] = {"clicked": "conv2d_1"}
+    at.run()
+    error = next(e for e in comparison.errors if e.exported == "conv2d_1")
+    text = "\n".join(m.value for m in at.markdown)
+    assert f"**SQNR {error.sqnr_db:.1f} dB**" in text
+    assert "`batch_norm_1` (BatchNorm folded in)" in text
+
+
+def test_a_stopped_qat_run_converts_and_the_export_command_reproduces_it(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """Stop at step 5 of 9 (non-default settings), convert, export: the CLI command shown
+    rebuilds a bit-identical model, so the page's stopped run is reproducible headless."""
+    import shlex
+    import subprocess
+    import sys
+
+    import torch
+
+    from workbench.pipeline import QatConfig, exported_stage, prepare
+    from workbench.runner import QatRun
+
+    at = _open_qat("train")
+    state = _state(at)
+    config = QatConfig(steps=9, batch_size=16, lr=3e-4, optimizer="sgd", freeze_bn_step=3,
+                       freeze_observer_step=4)  # fmt: skip
+    run = QatRun(prepare(state.captured, state.recipe), state.data(), config,
+                 teacher=exported_stage(state.captured).graph_module, eval_every=0)  # fmt: skip
+    for _ in range(5):
+        run.step()
+    state.qat_run = run
+    at.run()
+    assert "Convert uses the model as it is at step 5." in [c.value for c in at.caption]
+    next(b for b in at.button if b.label == "Convert").click().run()
+    assert not at.exception and not at.error
+    assert state.current() is not None and state.schedule().steps == 5
+    at.switch_page("app_pages/export.py").run()
+    command = at.code[-1].value
+    assert " --steps 5 --batch-size 16 --lr 0.0003 --optimizer sgd --freeze-bn-step 3 " \
+           "--freeze-observer-step 4 " in command  # fmt: skip
+    next(b for b in at.button if b.label == "Build model.pt2").click().run()
+    assert not at.exception and not at.error
+    saved = torch.export.load(str(workspace / "exports" / "model.pt2")).module()
+    in_app = state.converted.stages["converted"].graph_module
+    x = torch.rand(7, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(saved(x), in_app(x))
+
+    (tmp_path / "recipe.json").write_text(state.recipe.to_json())
+    done = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    headless = torch.export.load(str(tmp_path / "model.pt2")).module()
+    assert torch.equal(headless(x), in_app(x))

@@ -31,8 +31,8 @@ def _cached_diff(_state: AppState, key: str, before: str, after: str) -> StageDi
 
 
 def stage_diff(state: AppState, before: str, after: str) -> StageDiff:
-    """The diff of two preview stages, computed once per recipe, model and pair."""
-    return _cached_diff(state, f"{state.spec}|{state.recipe.to_json()}", before, after)
+    """The diff of two stages, computed once per set of stages and pair."""
+    return _cached_diff(state, state.stages_key(), before, after)
 
 
 def linked_graphs(

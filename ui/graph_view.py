@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 from workbench.graph import NodeInfo
+from workbench.numeric import NodeError
 from workbench.recipe import Effective
 from workbench.render import format_shape
 
@@ -155,8 +158,11 @@ def legend(colours: dict[str, str]) -> None:
     st.html(f'<div style="font-size:0.85em;font-family:sans-serif">{swatches}</div>')
 
 
-def node_details(node: NodeInfo, effective: Effective | None = None) -> None:
-    """The detail panel for one node: op, module, shapes, parameters, source, annotation."""
+def node_details(
+    node: NodeInfo, effective: Effective | None = None, error: NodeError | None = None
+) -> None:
+    """The detail panel for one node: op, module, shapes, parameters, source, annotation,
+    and its int8 error once a model is converted."""
     st.subheader(node.name)
     st.markdown(f"**{node.op_name}** · `{node.target}` · family *{node.family}*")
     if node.module:
@@ -177,3 +183,9 @@ def node_details(node: NodeInfo, effective: Effective | None = None) -> None:
             ", ".join(f"{k} {v}" for k, v in fields.items()) or "backend defaults"
         )  # fmt: skip
         st.markdown(f"**Annotation:** {summary}  \n*from* `{effective.rule}`")
+    if error is not None:
+        db = f"{error.sqnr_db:.1f} dB" if math.isfinite(error.sqnr_db) else "exact"
+        against = f"`{error.reference}`" + (" (BatchNorm folded in)" if error.bn_folded else "")
+        output = "its quantized output" if error.quantized else "its output"
+        st.markdown(f"**SQNR {db}** · max |error| {error.max_abs_error:.4g}  \n"
+                    f"{output} (`{error.compared}`) against float {against}")  # fmt: skip

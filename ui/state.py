@@ -10,6 +10,7 @@ import argparse
 import atexit
 import sys
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import streamlit as st
 from sample_models import DEFAULT_SAMPLE
 from workbench.capture import CapturedModel, ModelSpec
 from workbench.capture import capture as _capture
-from workbench.data import default_data_spec, load_data
+from workbench.compare import Comparison
+from workbench.data import Dataset, default_data_spec, load_data
 from workbench.errors import WorkbenchError
 from workbench.flow import BuildResult
 from workbench.graph import GraphView, describe
@@ -35,9 +37,41 @@ from workbench.pipeline import (
 from workbench.quantizer import quantizable_nodes
 from workbench.recipe import Effective, Recipe, validate
 from workbench.render import Rendered, dot_to_svg, render_for_screen
+from workbench.runner import QatRun
+from workbench.sensitivity import SensitivityProgress
 from workbench.workspace import Workspace
 
 STATE_KEY = "workbench"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How the tuned stage was made: calibration batches (PTQ) or training steps (QAT)."""
+
+    steps: int
+    batch_size: int
+    data_spec: str
+    qat: QatConfig | None = None  # the QAT settings; None for PTQ
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A prepared stage, its calibrated or trained copy and how that copy was made."""
+
+    prepared: Stage
+    tuned: Stage
+    schedule: Schedule
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A model converted on the Train & convert page, how it was made and how it compares."""
+
+    recipe_json: str
+    stages: dict[str, Stage]  # exported, prepared, calibrated | trained, converted
+    schedule: Schedule
+    comparison: Comparison
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -53,7 +87,11 @@ class AppState:
     notice: str | None = None
     selected: str | None = None
     diff_selected: tuple[str, str] | None = None  # (side, node) clicked on the Diff page
-    exported_build: BuildResult | None = None
+    exported_build: tuple[str, BuildResult] | None = None  # (stages_key, what Export built)
+    qat_run: QatRun | None = None  # the Train & convert page's run
+    calibrated: Tuned | None = None  # the Train & convert page's PTQ calibration
+    converted: Converted | None = None  # what that page converted last
+    sensitivity: tuple[str, SensitivityProgress] | None = None  # (recipe JSON, search state)
     _effective: tuple[str, dict[str, Effective]] | None = None
     _rendered: dict[int | None, Rendered] = field(default_factory=dict)
     _stages: tuple[str, dict[str, Stage]] | None = None
@@ -75,37 +113,67 @@ class AppState:
             self._rendered[depth] = render_for_screen(self.view, collapse_depth=depth)
         return self._rendered[depth]
 
-    def stages(self) -> dict[str, Stage]:
-        """Exported, prepared, calibrated (PTQ) or trained (QAT, 20 steps) and converted.
+    def current(self) -> Converted | None:
+        """The Train & convert page's model when it was made with the current recipe."""
+        if self.converted is not None and self.converted.recipe_json == self.recipe.to_json():
+            return self.converted
+        return None
 
-        A quick preview of the flow for the current recipe on the default data; recomputed
-        when the recipe changes.
+    def data(self) -> Dataset:
+        """The default data for the loaded model (digits for 1x8x8 inputs, else random)."""
+        assert self.captured is not None
+        inputs = self.captured.example_inputs
+        return load_data(default_data_spec(inputs), inputs)
+
+    def stages_key(self) -> str:
+        """Identifies what `stages` returns: the model, the recipe and which stages."""
+        current = self.current()
+        return f"{self.spec}|{self.recipe.to_json()}|{current.uid if current else 'preview'}"
+
+    def stages(self) -> dict[str, Stage]:
+        """Exported, prepared, calibrated (PTQ) or trained (QAT) and converted.
+
+        The Train & convert page's stages when it converted a model with the current recipe;
+        otherwise a quick preview of the flow (see `schedule`) on the default data,
+        recomputed when the recipe changes.
         """
         assert self.captured is not None
+        if self.current() is not None:
+            return self.current().stages  # type: ignore[union-attr]
         key = self.recipe.to_json()
         if self._stages is None or self._stages[0] != key:
             captured, recipe = self.captured, self.recipe
-            data = load_data(default_data_spec(captured.example_inputs), captured.example_inputs)
+            data = self.data()
             exported = exported_stage(captured)
             prepared = prepare(captured, recipe)
-            steps, batch_size = self.preview_steps()
-            if recipe.mode == "qat":
-                config = QatConfig(steps=steps, batch_size=batch_size)
-                tuned = train_qat(prepared, data, config, teacher=exported.graph_module)
+            schedule = self.schedule()
+            if schedule.qat is not None:
+                tuned = train_qat(prepared, data, schedule.qat, teacher=exported.graph_module)
             else:
-                tuned = calibrate(prepared, data, batches=steps, batch_size=batch_size)
+                tuned = calibrate(
+                    prepared, data, batches=schedule.steps, batch_size=schedule.batch_size
+                )
             stages = {s.name: s for s in (exported, prepared, tuned, convert(tuned))}
             self._stages = (key, stages)
             self._views = {}
         return self._stages[1]
 
-    def preview_steps(self) -> tuple[int, int]:
-        """(steps, batch size) of the preview: QAT steps or PTQ calibration batches."""
-        return (20, 32) if self.recipe.mode == "qat" else (8, 64)
+    def schedule(self) -> Schedule:
+        """How `stages` tunes the model: the Train & convert page's settings when it
+        converted with the current recipe, else the preview's (PTQ 8 batches of 64, QAT 20
+        steps of 32)."""
+        current = self.current()
+        if current is not None:
+            return current.schedule
+        assert self.captured is not None
+        spec = default_data_spec(self.captured.example_inputs)
+        if self.recipe.mode == "qat":
+            return Schedule(20, 32, spec, QatConfig(steps=20, batch_size=32))
+        return Schedule(8, 64, spec)
 
     def stage_view(self, name: str) -> GraphView:
         """The graph view of one preview stage."""
-        key = (self.recipe.to_json(), name)
+        key = (self.stages_key(), name)
         if key not in self._views:
             self._views[key] = describe(self.stages()[name].graph_module, stage=name)
         return self._views[key]
@@ -174,7 +242,8 @@ def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None =
     state.spec, state.captured, state.view, state.error = spec, captured, view, None
     state.selected, state._effective, state._rendered = None, None, {}
     state.diff_selected, state._stages, state._views = None, None, {}
-    state.exported_build = None
+    state.exported_build = state.qat_run = state.calibrated = None
+    state.converted = state.sensitivity = None
     state.recipe, state.notice = Recipe(), None
     saved = state.workspace.load_recipe(spec)
     if saved is not None:

@@ -2,93 +2,222 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import time
 
 import streamlit as st
 
-from ui.state import AppState
-from workbench.charts import accuracy_drift_figure, loss_figure, observer_range_figure
-from workbench.data import default_data_spec, load_data
+from ui.state import AppState, Converted, Schedule, Tuned
+from workbench.charts import (
+    accuracy_drift_figure,
+    channel_ranges_figure,
+    loss_figure,
+    observer_range_figure,
+)
+from workbench.compare import compare
 from workbench.errors import WorkbenchError
-from workbench.pipeline import QatConfig, convert, evaluate, exported_stage, prepare
+from workbench.pipeline import QatConfig, calibrate, convert, exported_stage, prepare
 from workbench.runner import QatRun
 
-RUN_KEY, CONVERTED_KEY = "qat-run", "qat-converted"
+REDRAW_SECONDS = 1.0  # live charts are redrawn at most this often (and at every evaluation)
 
 
-def run_controls(state: AppState) -> QatRun | None:
-    """Settings, Start/Resume/Reset; trains in this script run, showing progress."""
+def show_error(exc: WorkbenchError) -> None:
+    st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
+
+
+# --- QAT -------------------------------------------------------------------------------------
+
+
+def qat_section(state: AppState) -> Tuned | None:
+    """Settings, Start/Resume/Reset and live charts; trains in this script run.
+
+    Returns the prepared and trained stages and how they were made once the run is complete.
+    """
     assert state.captured is not None
-    cols = st.columns(6)
-    steps = cols[0].number_input("Steps", 1, 10_000, 120, key="qat-steps")
-    batch = cols[1].number_input("Batch size", 1, 4096, 64, key="qat-batch")
-    lr = cols[2].number_input("Learning rate", 1e-7, 1.0, 1e-4, format="%.0e", key="qat-lr")
-    every = cols[3].number_input("Evaluate every", 1, 10_000, 20, key="qat-every")
-    bn = cols[4].number_input("Freeze BN at", 0, 10_000, int(steps * 0.6), key="qat-bn")
-    obs = cols[5].number_input("Freeze observers at", 0, 10_000, int(steps * 0.8), key="qat-obs")
-    run: QatRun | None = st.session_state.get(RUN_KEY)
-    buttons = st.columns(3)
+    cols = st.columns(4)
+    steps = int(cols[0].number_input("Steps", 1, 100_000, 120, key="qat-steps"))
+    batch = int(cols[1].number_input("Batch size", 1, 4096, 64, key="qat-batch"))
+    lr = float(cols[2].number_input("Learning rate", 1e-7, 1.0, 1e-4, format="%.0e", key="qat-lr"))
+    optimizer = cols[3].selectbox("Optimizer", ["adam", "sgd"], key="qat-optimizer")
+    cols = st.columns(4)
+    every = int(cols[0].number_input("Evaluate every", 1, 100_000, 20, key="qat-every"))
+    bn = int(cols[1].number_input("Freeze BN after step", 0, 100_000, int(steps * 0.6),
+                                  key="qat-bn"))  # fmt: skip
+    obs = int(cols[2].number_input("Freeze observers after step", 0, 100_000, int(steps * 0.8),
+                                   key="qat-obs"))  # fmt: skip
+    buttons = st.columns([1, 1, 1, 5])
     if buttons[0].button("Start", type="primary"):
-        config = QatConfig(steps=int(steps), batch_size=int(batch), lr=float(lr),
-                           freeze_bn_step=int(bn), freeze_observer_step=int(obs))  # fmt: skip
-        captured = state.captured
-        data = load_data(default_data_spec(captured.example_inputs), captured.example_inputs)
-        folder = state.workspace.folder / "checkpoints" / re.sub(r"\W+", "_", state.spec or "")
-        run = QatRun(prepare(captured, state.recipe), data, config,
-                     teacher=exported_stage(captured).graph_module, eval_every=int(every),
-                     checkpoint_dir=folder)  # fmt: skip
-        st.session_state[RUN_KEY], st.session_state[CONVERTED_KEY] = run, None
+        config = QatConfig(steps=steps, batch_size=batch, lr=lr, optimizer=optimizer,
+                           freeze_bn_step=bn, freeze_observer_step=obs)  # fmt: skip
+        try:
+            state.qat_run = _new_run(state, config, every)
+        except WorkbenchError as exc:
+            show_error(exc)
+            return None
+        state.converted = None
+    run = state.qat_run
     resume = run is not None and not run.done and buttons[1].button("Resume")
     if buttons[2].button("Reset", disabled=run is None):
-        st.session_state[RUN_KEY] = st.session_state[CONVERTED_KEY] = None
+        state.qat_run = state.converted = None
         st.rerun()
-    run = st.session_state.get(RUN_KEY)
-    if run is not None and not run.done and (resume or run.step_count == 0):
-        _train(run)
-    return run
+    if run is None:
+        st.caption("Start trains a copy of the QAT-prepared model; Stop keeps its state, "
+                   "Resume continues from there.")  # fmt: skip
+        return None
+    train_now = not run.done and (resume or run.step_count == 0)
+    if train_now:
+        st.button("Stop", help="Stops within one step; Resume continues from there.")
+        bar = st.progress(run.step_count / run.config.steps, text="Training…")
+    converted = state.converted
+    charts = LiveCharts(run, converted.comparison.int8_quality if converted else None)
+    charts.draw(run, training=train_now)
+    if train_now:
+        last = time.monotonic()
+        try:
+            while not run.done:
+                record = run.step()
+                bar.progress(run.step_count / run.config.steps,
+                             text=f"step {run.step_count}/{run.config.steps}, "
+                                  f"loss {record['loss']:.4f}")  # fmt: skip
+                if "eval" in record or run.done or time.monotonic() - last > REDRAW_SECONDS:
+                    charts.draw(run, training=not run.done)
+                    last = time.monotonic()
+        except WorkbenchError as exc:
+            charts.draw(run)
+            show_error(exc)
+    if run.step_count == 0:
+        return None
+    if run.source.recipe is not None and run.source.recipe.to_json() != state.recipe.to_json():
+        st.warning("The recipe changed since this run started: Start again to train with it.")
+        return None
+    if not run.done:
+        st.caption(f"Convert uses the model as it is at step {run.step_count}.")
+    return Tuned(run.source, run.stage(), trained_schedule(run))
 
 
-def _train(run: QatRun) -> None:
-    """Step the run here; any click (Stop included) reruns the page and interrupts it."""
-    st.button("Stop", help="Stops within one step; Resume continues from there.")
-    bar = st.progress(run.step_count / run.config.steps, text="Training…")
-    try:
-        while not run.done:
-            record = run.step()
-            bar.progress(run.step_count / run.config.steps,
-                         text=f"step {run.step_count}/{run.config.steps}, "
-                              f"loss {record['loss']:.4f}")  # fmt: skip
-    except WorkbenchError as exc:
-        st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
+def trained_schedule(run: QatRun) -> Schedule:
+    """The schedule that trains exactly the steps `run` has run, even if it was stopped.
+
+    The learning rate is constant and the batches are a pure function of the seed, so the
+    first N steps of a longer run equal a run of N steps with the same freeze steps.
+    """
+    config = dataclasses.replace(
+        run.config, steps=run.step_count, freeze_bn_step=run.config.bn_freeze_at,
+        freeze_observer_step=run.config.observer_freeze_at, eval_every=0,
+    )  # fmt: skip
+    return Schedule(run.step_count, config.batch_size, run.data.spec, config)
 
 
-def run_charts(state: AppState, run: QatRun) -> None:
-    """Loss, float vs fake-quant (and int8) drift, and one fake quantizer's range over steps."""
-    converted = st.session_state.get(CONVERTED_KEY)
-    st.caption(f"{run.step_count} of {run.config.steps} steps, {run.seconds:.1f} s"
-               + (" (stopped)" if not run.done else ""))  # fmt: skip
-    if converted is not None and run.history:
-        last = run.history[-1]
-        unit = "" if last["quality"] == "mse" else " %"
-        st.metric(f"int8 {last['quality']}", f"{converted[1]:.2f}{unit}",
-                  f"float {last['float']:.2f}{unit}", delta_color="off")  # fmt: skip
-    left, right = st.columns(2)
-    left.plotly_chart(loss_figure(run.train_history()), key="qat-loss")
-    right.plotly_chart(accuracy_drift_figure(run.history, converted[1] if converted else None),
-                       key="qat-drift")  # fmt: skip
-    if run.recorder is not None and run.recorder.quantizers:
-        names = [q.name for q in run.recorder.quantizers]
-        labels = {q.name: f"{q.name} (reads {q.input_node})" for q in run.recorder.quantizers}
-        chosen = st.selectbox("Fake quantizer", names, format_func=labels.get)
-        st.plotly_chart(observer_range_figure(run.recorder, chosen), key="qat-range")
+def _new_run(state: AppState, config: QatConfig, eval_every: int) -> QatRun:
+    captured = state.captured
+    assert captured is not None
+    folder = state.workspace.folder / "checkpoints" / re.sub(r"\W+", "_", state.spec or "")
+    return QatRun(prepare(captured, state.recipe), state.data(), config,
+                  teacher=exported_stage(captured).graph_module, eval_every=eval_every,
+                  checkpoint_dir=folder)  # fmt: skip
 
 
-def convert_run(state: AppState, run: QatRun) -> None:
-    """Convert the trained model and show its int8 quality against float."""
-    if not run.done or not st.button("Convert", type="primary"):
+class LiveCharts:
+    """Loss, quality drift, a chosen fake quantizer's range and channels; redrawn in place."""
+
+    def __init__(self, run: QatRun, int8: float | None) -> None:
+        self.int8 = int8
+        self.draws = 0
+        self.caption = st.empty()
+        left, right = st.columns(2)
+        self.loss, self.drift = left.empty(), right.empty()
+        self.chosen: str | None = None
+        quantizers = run.recorder.quantizers if run.recorder is not None else []
+        if quantizers:
+            labels = {
+                q.name: f"{q.name} · reads {q.input_node}"
+                + (f" · {q.channels} channels" if q.ch_axis is not None else "")
+                for q in quantizers
+            }
+            self.chosen = st.selectbox("Fake quantizer", list(labels), format_func=labels.get,
+                                       key="qat-quantizer")  # fmt: skip
+            self.per_channel = next(q for q in quantizers if q.name == self.chosen).channels > 1
+        left, right = st.columns(2)
+        self.range, self.channels = left.empty(), right.empty()
+
+    def draw(self, run: QatRun, *, training: bool = False) -> None:
+        """Draw every chart for the run as it is now (keys change so each draw replaces)."""
+        self.draws += 1
+        n = self.draws
+        state = "" if run.done else " (training…)" if training else " (stopped)"
+        self.caption.caption(f"{run.step_count} of {run.config.steps} steps, "
+                             f"{run.seconds:.1f} s{state}")  # fmt: skip
+        self.loss.plotly_chart(loss_figure(run.train_history()), key=f"qat-loss-{n}")
+        self.drift.plotly_chart(accuracy_drift_figure(run.history, self.int8),
+                                key=f"qat-drift-{n}")  # fmt: skip
+        recorder = run.recorder
+        if self.chosen is None or recorder is None or recorder.count == 0:
+            return
+        self.range.plotly_chart(observer_range_figure(recorder, self.chosen),
+                                key=f"qat-range-{n}")  # fmt: skip
+        if self.per_channel:
+            self.channels.plotly_chart(channel_ranges_figure(recorder, self.chosen),
+                                       key=f"qat-channels-{n}")  # fmt: skip
+
+
+# --- PTQ -------------------------------------------------------------------------------------
+
+
+def ptq_section(state: AppState) -> Tuned | None:
+    """Calibration settings and button; returns the prepared and calibrated stages."""
+    assert state.captured is not None
+    cols = st.columns([1, 1, 4])
+    batches = int(cols[0].number_input("Calibration batches", 1, 10_000, 16, key="ptq-batches"))
+    batch = int(cols[1].number_input("Batch size", 1, 4096, 64, key="ptq-batch"))
+    if st.button("Calibrate", type="primary"):
+        state.calibrated = state.converted = None
+        bar = st.progress(0.0, text="Calibrating…")
+        try:
+            prepared = prepare(state.captured, state.recipe)
+            data = state.data()
+            calibrated = calibrate(
+                prepared, data, batches=batches, batch_size=batch,
+                progress=lambda done, total, _: bar.progress(
+                    done / total, text=f"batch {done}/{total}"),
+            )  # fmt: skip
+            state.calibrated = Tuned(prepared, calibrated, Schedule(batches, batch, data.spec))
+        except WorkbenchError as exc:
+            show_error(exc)
+            return None
+    if state.calibrated is None:
+        st.caption("Calibrate runs batches of the default data through the prepared model so "
+                   "its observers record activation ranges.")  # fmt: skip
+        return None
+    stage = state.calibrated.tuned
+    if stage.recipe is not None and stage.recipe.to_json() != state.recipe.to_json():
+        st.warning("The recipe changed since this calibration: calibrate again.")
+        return None
+    st.caption(f"{stage.created_by} ({stage.seconds:.2f} s)")
+    return state.calibrated
+
+
+# --- convert ---------------------------------------------------------------------------------
+
+
+def convert_section(state: AppState, source: Tuned) -> None:
+    """Convert the tuned stage and measure it against float; the result goes to the state."""
+    current = state.current()
+    label = "Convert again" if current is not None else "Convert"
+    if not st.button(label, type="primary" if current is None else "secondary", key="convert"):
         return
-    with st.spinner("Converting…"):
-        converted = convert(run.stage())
-        quality = evaluate(converted.graph_module, run.data, teacher=run.teacher)
-    st.session_state[CONVERTED_KEY] = (converted, quality)
+    assert state.captured is not None
+    bar = st.progress(0.0, text="Converting (convert_pt2e)…")
+    try:
+        exported = exported_stage(state.captured)
+        converted = convert(source.tuned)
+        bar.progress(0.5, text="Measuring int8 against float…")
+        comparison = compare(exported.graph_module, converted.graph_module, state.data())
+    except WorkbenchError as exc:
+        show_error(exc)
+        return
+    stages = {"exported": exported, "prepared": source.prepared,
+              source.tuned.name: source.tuned, "converted": converted}  # fmt: skip
+    state.converted = Converted(state.recipe.to_json(), stages, source.schedule, comparison)
     st.rerun()

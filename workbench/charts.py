@@ -14,8 +14,10 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from workbench.compare import ActivationGrid, WeightChannels
 from workbench.numeric import NodeError
 from workbench.qat import RangeRecorder
+from workbench.sensitivity import SensitivityResult
 
 QUALITY_TITLES = {
     "accuracy": "accuracy (%)",
@@ -84,6 +86,40 @@ def channel_ranges_figure(recorder: RangeRecorder, name: str) -> go.Figure:
     figure.update_layout(title=f"Per-channel range of {name} at step {step}")
     figure.update_xaxes(title_text="channel")
     figure.update_yaxes(title_text="observed value")
+    return figure
+
+
+def weight_channels_figure(channels: WeightChannels) -> go.Figure:
+    """Per output channel: the int weight's dequantized min..max and the grid's edges.
+
+    A bar reaching a grid edge marks a channel whose range sets its scale; bars far inside
+    their edges waste levels (a per-tensor scale set by one wide channel).
+    """
+    x = list(range(int(channels.low.numel())))
+    low, high = channels.low.tolist(), channels.high.tolist()
+    scales = channels.scale.expand_as(channels.low).tolist()
+    figure = go.Figure(
+        go.Bar(
+            x=x,
+            y=[h - lo for lo, h in zip(low, high, strict=True)],
+            base=low,
+            name="weights min..max",
+            customdata=list(zip(low, high, scales, strict=True)),
+            hovertemplate="channel %{x}<br>min %{customdata[0]:.4g}<br>max %{customdata[1]:.4g}"
+            "<br>scale %{customdata[2]:.4g}<extra></extra>",
+        )
+    )
+    for edge, name in ((channels.grid_low, "grid min"), (channels.grid_high, "grid max")):
+        figure.add_trace(
+            go.Scatter(
+                x=x, y=edge.expand_as(channels.low).tolist(), name=name, mode="markers",
+                marker={"symbol": "line-ew-open", "size": 14, "color": "firebrick"},
+            )
+        )  # fmt: skip
+    how = "per channel" if channels.per_channel else "per tensor"
+    figure.update_layout(title=f"int8 weight of {channels.node} by output channel ({how})")
+    figure.update_xaxes(title_text="output channel")
+    figure.update_yaxes(title_text="weight value")
     return figure
 
 
@@ -163,6 +199,30 @@ def sqnr_bar_figure(errors: Sequence[NodeError]) -> go.Figure:
     return figure
 
 
+def sensitivity_figure(
+    results: Sequence[SensitivityResult], baseline: float, metric: str
+) -> go.Figure:
+    """Gain from keeping each node float, best first, over the fully quantized baseline."""
+    unit = "" if metric == "mse" else " pp"
+    figure = go.Figure(
+        go.Bar(
+            x=[r.node for r in results],
+            y=[r.delta for r in results],
+            customdata=[[r.quality, _finite_or_none(r.sqnr_db)] for r in results],
+            name="gain",
+            hovertemplate=f"%{{x}}<br>gain %{{y:.3g}}{unit}<br>{metric} with it float "
+            "%{customdata[0]:.4g}<br>SQNR when quantized %{customdata[1]:.1f} dB<extra></extra>",
+        )
+    )
+    figure.add_hline(y=0, line_color="#888")
+    figure.update_layout(
+        title=f"Gain from keeping one node float ({metric} {baseline:.4g} fully quantized)"
+    )
+    figure.update_xaxes(title_text="node kept float", type="category")
+    figure.update_yaxes(title_text=f"{metric} gain{unit}")
+    return figure
+
+
 def activation_histogram_figure(
     values: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int
 ) -> go.Figure:
@@ -203,6 +263,20 @@ def activation_histogram_figure(
     return figure
 
 
+def activation_grid_figure(grid: ActivationGrid) -> go.Figure:
+    """`activation_histogram_figure` for a recorded node, its clipped share in the title."""
+    figure = activation_histogram_figure(
+        grid.values, grid.scale, grid.zero_point, grid.qmin, grid.qmax
+    )
+    source = grid.node if grid.reference == grid.node else f"{grid.node} (after {grid.reference})"
+    figure.update_layout(
+        title=f"{source}: float activations on the {grid.dtype} grid "
+        f"(scale {grid.scale:.4g}, zero point {grid.zero_point}, "
+        f"{100 * grid.clipped_fraction:.2f} % clipped)"
+    )
+    return figure
+
+
 def grid_levels(
     values: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int
 ) -> list[float]:
@@ -216,6 +290,10 @@ def grid_levels(
         return []
     stride = max(1, math.ceil((last - first + 1) / MAX_GRID_LINES))
     return [(q - zero_point) * scale for q in range(first, last + 1, stride)]
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _finite(values: torch.Tensor) -> list[float | None]:

@@ -109,7 +109,16 @@ def _parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=None, help="QAT steps (120) or PTQ calibration batches (16)"
     )
     quantize.add_argument("--batch-size", type=int, default=64)
-    quantize.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate (Adam)")
+    quantize.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate")
+    quantize.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="QAT")
+    quantize.add_argument(
+        "--freeze-bn-step", type=int, default=None,
+        help="QAT step after which BatchNorm statistics freeze (default: 60%% of the steps)",
+    )  # fmt: skip
+    quantize.add_argument(
+        "--freeze-observer-step", type=int, default=None,
+        help="QAT step after which observer ranges freeze (default: 80%% of the steps)",
+    )  # fmt: skip
     quantize.add_argument("--out", type=Path, required=True, help="the .pt2 to write")
     quantize.add_argument("--report", type=Path, default=None, help="the JSON report to write")
     quantize.add_argument(
@@ -267,7 +276,8 @@ def _quantize(args: argparse.Namespace) -> int:
     result = build(
         captured, recipe, data=_default_data(args.data, captured), out=args.out,
         report_path=args.report, recipe_path=recipe_out, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr,
+        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        freeze_bn_step=args.freeze_bn_step, freeze_observer_step=args.freeze_observer_step,
         progress=None if args.quiet else functools.partial(_progress_line, args.stderr),
     )  # fmt: skip
     quality = result.report["quality"]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from workbench.capture import CapturedModel
+from workbench.compare import compare
 from workbench.data import Dataset, load_data
 from workbench.export import SavedModel, program_for, program_size, save_program, write_text
 from workbench.pipeline import (
@@ -55,11 +56,15 @@ def build(
     steps: int | None = None,
     batch_size: int = 64,
     lr: float = 1e-4,
+    optimizer: str = "adam",
+    freeze_bn_step: int | None = None,
+    freeze_observer_step: int | None = None,
     progress: Progress | None = None,
 ) -> BuildResult:
     """Quantize `captured` as `recipe` says and write a reload-checked .pt2 (and a report).
 
-    `steps` is calibration batches (PTQ, default 16) or training steps (QAT, default 120).
+    `steps` is calibration batches (PTQ, default 16) or training steps (QAT, default 120);
+    `lr`, `optimizer` and the freeze steps are QAT settings (see QatConfig).
     Nothing is written at `out` unless every stage succeeded and the reload check passed.
     """
     timings: dict[str, float] = {"capture": captured.export_seconds}
@@ -77,7 +82,11 @@ def build(
         return lambda done, total, info: progress(name, done, total, info)
 
     if recipe.mode == "qat":
-        config = QatConfig(steps=120 if steps is None else steps, batch_size=batch_size, lr=lr)
+        config = QatConfig(
+            steps=120 if steps is None else steps, batch_size=batch_size, lr=lr,
+            optimizer=optimizer, freeze_bn_step=freeze_bn_step,
+            freeze_observer_step=freeze_observer_step,
+        )  # fmt: skip
         tuned = train_qat(
             prepared, dataset, config, teacher=float_stage.graph_module,
             progress=report_progress("train"),
@@ -137,14 +146,33 @@ def export_stages(
 
 
 def reproduce_command(
-    spec: str, recipe_file: str, mode: str, data: str, steps: int, batch_size: int
+    spec: str,
+    recipe_file: str,
+    mode: str,
+    data: str,
+    steps: int,
+    batch_size: int,
+    qat: QatConfig | None = None,
 ) -> str:
-    """The `python -m workbench quantize` command that rebuilds the same model headless."""
-    return (
+    """The `python -m workbench quantize` command that rebuilds the same model headless.
+
+    With `qat`, its settings that differ from the CLI's defaults are spelled out too.
+    """
+    command = (
         f"python -m workbench quantize --model {shlex.quote(spec)} --recipe {recipe_file} "
-        f"--mode {mode} --data {shlex.quote(data)} --steps {steps} --batch-size {batch_size} "
-        "--out model.pt2 --report report.json"
+        f"--mode {mode} --data {shlex.quote(data)} --steps {steps} --batch-size {batch_size}"
     )
+    if qat is not None:
+        default = QatConfig()
+        if qat.lr != default.lr:
+            command += f" --lr {qat.lr!r}"
+        if qat.optimizer != default.optimizer:
+            command += f" --optimizer {qat.optimizer}"
+        if qat.freeze_bn_step is not None:
+            command += f" --freeze-bn-step {qat.freeze_bn_step}"
+        if qat.freeze_observer_step is not None:
+            command += f" --freeze-observer-step {qat.freeze_observer_step}"
+    return command + " --out model.pt2 --report report.json"
 
 
 def make_report(
@@ -156,21 +184,19 @@ def make_report(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """The JSON report: quality before/after, per-node SQNR, op counts, timings, file sizes."""
-    from workbench.numeric import per_node_sqnr
-
     float_gm = stages["exported"].graph_module
     converted = stages["converted"].graph_module
+    comparison = compare(float_gm, converted, dataset)
     quality: dict[str, Any] = {
         "metric": dataset.quality,
         "data": dataset.spec,
         "eval_samples": dataset.eval_size,
-        "float": evaluate(float_gm, dataset, teacher=float_gm),
-        "quantized": evaluate(converted, dataset, teacher=float_gm),
+        "float": comparison.float_quality,
+        "quantized": comparison.int8_quality,
     }
     if "trained" in stages:
         quality["fake_quant"] = evaluate(stages["trained"].graph_module, dataset, teacher=float_gm)
-    sample = next(iter(dataset.eval_batches(256)))[0]
-    errors = per_node_sqnr(float_gm, converted, sample)
+    errors = comparison.errors
     float_bytes = program_size(program_for(float_gm, captured.example_inputs))
     return {
         "model": str(captured.spec),

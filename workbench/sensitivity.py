@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +40,17 @@ class SensitivityResult:
     sqnr_db: float
 
 
+@dataclass(frozen=True)
+class SensitivityProgress:
+    """Where a search stands: `done` of `total` PTQ runs, the baseline and the ranking so far."""
+
+    done: int
+    total: int
+    baseline: float
+    results: tuple[SensitivityResult, ...]  # ranked best first
+    node: str | None  # the node just measured (None after the baseline)
+
+
 def sensitivity(
     captured: CapturedModel,
     recipe: Recipe,
@@ -57,6 +68,34 @@ def sensitivity(
     already keep float); `top` keeps only the first results. `progress(done, total, info)`
     follows the 1 + len(candidates) PTQ runs; `should_stop()` is checked before each run and
     ends the search with the nodes measured so far.
+    """
+    results: tuple[SensitivityResult, ...] = ()
+    search = iter_sensitivity(
+        captured, recipe, data, nodes=nodes, calibration_batches=calibration_batches
+    )
+    while should_stop is None or not should_stop():
+        state = next(search, None)
+        if state is None:
+            break
+        results = state.results
+        if progress is not None:
+            quality = next((r.quality for r in results if r.node == state.node), state.baseline)
+            info = {"stage": "sensitivity", "node": state.node, "quality": quality}
+            progress(state.done, state.total, info)
+    return list(results if top is None else results[:top])
+
+
+def iter_sensitivity(
+    captured: CapturedModel,
+    recipe: Recipe,
+    data: Dataset,
+    *,
+    nodes: Iterable[str] | None = None,
+    calibration_batches: int = 4,
+) -> Iterator[SensitivityProgress]:
+    """The search of `sensitivity`, one PTQ run per iteration: the baseline, then each node.
+
+    Stop iterating to stop the search; the last state holds the ranking of what was measured.
     """
     recipe = dataclasses.replace(recipe, mode="ptq")
     gm = captured.graph_module()
@@ -85,30 +124,23 @@ def sensitivity(
         converted = convert(calibrated).graph_module
         return evaluate(converted, data, teacher=teacher), converted
 
-    if should_stop is not None and should_stop():
-        return []
     baseline, converted = measure(recipe)
-    if progress is not None:
-        progress(1, total, {"stage": "sensitivity", "node": None, "quality": baseline})
+    yield SensitivityProgress(1, total, baseline, (), None)
     inputs = tuple(t[:SQNR_SAMPLES] for t in data.eval_inputs)
     sqnr_by_node = {e.exported: e.sqnr_db for e in per_node_sqnr(gm, converted, inputs)}
     sign = -1.0 if data.quality == "mse" else 1.0
+    order = {name: i for i, name in enumerate(candidates)}
 
     results: list[SensitivityResult] = []
     for done, name in enumerate(candidates, start=2):
-        if should_stop is not None and should_stop():
-            break
         quality, _ = measure(set_override(recipe, "node", name, QuantSetting(keep_float=True)))
         results.append(
             SensitivityResult(
                 name, quality, sign * (quality - baseline), sqnr_by_node.get(name, math.nan)
             )
         )
-        if progress is not None:
-            progress(done, total, {"stage": "sensitivity", "node": name, "quality": quality})
-    order = {name: i for i, name in enumerate(candidates)}
-    results.sort(key=lambda r: (-r.delta, _sqnr_key(r.sqnr_db), order[r.node]))
-    return results if top is None else results[:top]
+        results.sort(key=lambda r: (-r.delta, _sqnr_key(r.sqnr_db), order[r.node]))
+        yield SensitivityProgress(done, total, baseline, tuple(results), name)
 
 
 def suggest_overrides(results: Iterable[SensitivityResult], count: int) -> list[Override]:

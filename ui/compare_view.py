@@ -1,0 +1,187 @@
+"""After convert: int8 against float per node (SQNR, activations, weights) and sensitivity."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from ui.state import AppState, Converted
+from workbench.annotate import set_override
+from workbench.charts import (
+    activation_grid_figure,
+    sensitivity_figure,
+    sqnr_bar_figure,
+    weight_channels_figure,
+)
+from workbench.compare import activation_grid, weight_channels, weight_nodes, worst_first
+from workbench.errors import WorkbenchError
+from workbench.numeric import NodeError
+from workbench.sensitivity import iter_sensitivity, suggest_overrides
+
+ADDED_KEY = "sens-added"  # the nodes the last "Add keep-float rules" click added
+
+
+def quality_text(value: float, metric: str) -> str:
+    return f"{value:.4g}" if metric == "mse" else f"{value:.2f} %"
+
+
+def comparison_section(state: AppState, converted: Converted) -> None:
+    """Quality, then tabs: per-node SQNR, activations on their grid, weights, sensitivity."""
+    c = converted.comparison
+    if state.current() is None:
+        st.warning("The recipe changed since this model was converted: these numbers are the "
+                   "previous recipe's. Calibrate or train and convert again.")  # fmt: skip
+    finite = [e for e in c.errors if math.isfinite(e.sqnr_db)]
+    worst = min(finite, key=lambda e: e.sqnr_db) if finite else None
+    cols = st.columns(4)
+    cols[0].metric(f"int8 {c.metric}", quality_text(c.int8_quality, c.metric),
+                   f"float {quality_text(c.float_quality, c.metric)}",
+                   delta_color="off")  # fmt: skip
+    change = c.int8_quality - c.float_quality + 0.0  # + 0.0 turns -0.0 into 0.0
+    cols[1].metric("Change from float", f"{change:+.2f}" + ("" if c.metric == "mse" else " pp"))
+    if worst is not None:
+        cols[2].metric("Worst node SQNR", f"{worst.sqnr_db:.1f} dB", worst.exported,
+                       delta_color="off")  # fmt: skip
+    cols[3].metric("Converted in", f"{converted.stages['converted'].seconds:.2f} s")
+    tabs = st.tabs(["SQNR per node", "Activations", "Weights", "Sensitivity"])
+    with tabs[0]:
+        _sqnr_tab(c.errors)
+    with tabs[1]:
+        _activation_tab(converted)
+    with tabs[2]:
+        _weight_tab(converted)
+    with tabs[3]:
+        sensitivity_section(state, converted)
+
+
+def sqnr_table(errors: tuple[NodeError, ...] | list[NodeError]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "node": e.exported,
+                "SQNR (dB)": e.sqnr_db if math.isfinite(e.sqnr_db) else None,
+                "max |error|": e.max_abs_error,
+                "int8 node": e.node,
+                "float reference": e.reference + (" (BN folded)" if e.bn_folded else ""),
+                "output": "quantized" if e.quantized else "float",
+            }
+            for e in worst_first(list(errors))
+        ]
+    )
+
+
+def _sqnr_tab(errors: tuple[NodeError, ...]) -> None:
+    st.plotly_chart(sqnr_bar_figure(errors), key="cmp-sqnr")
+    st.caption("Measured on one evaluation batch. A conv folded with its BatchNorm is compared "
+               "with the float BatchNorm output; the Graph page colours nodes by it.")  # fmt: skip
+    st.dataframe(sqnr_table(errors), hide_index=True, width="stretch")
+
+
+def _activation_tab(converted: Converted) -> None:
+    c = converted.comparison
+    float_gm = converted.stages["exported"].graph_module
+    int8_gm = converted.stages["converted"].graph_module
+    grids = {
+        e.exported: e for e in worst_first(list(c.errors)) if e.quantized and e.compared
+    }  # fmt: skip
+    if not grids:
+        st.info("No node output is quantized per tensor in this model.")
+        return
+    chosen = st.selectbox("Node (worst SQNR first)", list(grids), key="cmp-activation")
+    grid = activation_grid(float_gm, int8_gm, grids[chosen], c.inputs)
+    if grid is None:
+        st.info(f"The output of {chosen} is not quantized per tensor.")
+        return
+    st.plotly_chart(activation_grid_figure(grid), key="cmp-histogram")
+
+
+def _weight_tab(converted: Converted) -> None:
+    int8_gm = converted.stages["converted"].graph_module
+    nodes = weight_nodes(int8_gm)
+    if not nodes:
+        st.info("No conv or linear weight is quantized in this model.")
+        return
+    chosen = st.selectbox("Conv / linear", nodes, key="cmp-weight")
+    st.plotly_chart(weight_channels_figure(weight_channels(int8_gm, chosen)), key="cmp-weights")
+
+
+def sensitivity_section(state: AppState, converted: Converted) -> None:
+    """Keep each node float in turn (PTQ), rank, and add the helpful ones to the recipe."""
+    assert state.captured is not None
+    key = state.recipe.to_json()
+    candidates = [
+        name for name, eff in state.effective().items() if not eff.setting.keep_float
+    ]  # fmt: skip
+    by_sqnr = [e.exported for e in worst_first(list(converted.comparison.errors))]
+    ranked = [n for n in dict.fromkeys(by_sqnr) if n in candidates]
+    ranked += [n for n in candidates if n not in ranked]
+    st.caption(f"Each measured node is kept float in its own PTQ run (prepare, calibrate 4 "
+               f"batches, convert, evaluate; PTQ for a QAT recipe too, to stay quick). "
+               f"{len(candidates)} nodes are quantized now.")  # fmt: skip
+    cols = st.columns([2, 1, 1, 2])
+    count = int(cols[0].number_input("Measure the worst nodes by SQNR", 1, max(1, len(ranked)),
+                                      min(8, max(1, len(ranked))), key="sens-count"))  # fmt: skip
+    if cols[1].button("Run sensitivity", type="primary", disabled=not ranked):
+        st.session_state[ADDED_KEY] = None
+        _run_sensitivity(state, ranked[:count])
+    if st.session_state.get(ADDED_KEY):
+        st.success(f"Added keep-float rules for {st.session_state[ADDED_KEY]} to the recipe. "
+                   "Calibrate or train and convert again to see the effect.")  # fmt: skip
+    found = state.sensitivity
+    if found is None or found[0] != key:
+        return
+    progress = found[1]
+    results = list(progress.results)
+    metric = state.data().quality
+    if progress.done < progress.total:
+        st.caption(f"Stopped after {progress.done - 1} of {progress.total - 1} nodes.")
+    if not results:
+        return
+    st.plotly_chart(sensitivity_figure(results, progress.baseline, metric), key="sens-chart")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "node kept float": r.node,
+                    metric: r.quality,
+                    "gain": r.delta,
+                    "SQNR quantized (dB)": r.sqnr_db if math.isfinite(r.sqnr_db) else None,
+                }
+                for r in results
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    helpful = [r for r in results if r.delta > 0]
+    if not helpful:
+        st.info("Keeping no single node float improves quality: nothing to add.")
+        return
+    cols = st.columns([2, 3])
+    top = int(cols[0].number_input("Keep float the top", 1, len(helpful), 1, key="sens-top"))
+    if cols[1].button(f"Add keep-float rules for the top {top}", key="sens-add"):
+        recipe = state.recipe
+        added = suggest_overrides(results, top)
+        for override in added:
+            recipe = set_override(recipe, override.kind, override.pattern, override.setting)
+        state.set_recipe(recipe)
+        st.session_state[ADDED_KEY] = ", ".join(o.pattern for o in added)
+        st.rerun()
+
+
+def _run_sensitivity(state: AppState, nodes: list[str]) -> None:
+    """Measure `nodes` with a progress bar; a click on Stop (any rerun) keeps what was measured."""
+    assert state.captured is not None
+    key = state.recipe.to_json()
+    st.button("Stop", key="sens-stop", help="Stops after the node being measured.")
+    bar = st.progress(0.0, text="Baseline: every node quantized…")
+    try:
+        for progress in iter_sensitivity(state.captured, state.recipe, state.data(), nodes=nodes):
+            state.sensitivity = (key, progress)
+            what = "baseline" if progress.node is None else progress.node
+            text = f"{progress.done}/{progress.total} runs · measured {what}"
+            bar.progress(progress.done / progress.total, text=text)
+    except WorkbenchError as exc:
+        st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")

@@ -1,0 +1,239 @@
+"""After convert: where the int8 model differs from float, per node, for charts and the graph.
+
+- `compare` measures the converted model against float: quality on the evaluation split
+  and per-node SQNR (numeric.per_node_sqnr) on one evaluation batch.
+- `sqnr_colours` colours graph nodes (or collapsed module boxes) by per-node SQNR.
+- `activation_grid` pairs a node's float activations with the int8 grid its output is
+  quantized on (the quantize op that follows it in the converted graph).
+- `weight_channels` reads a conv/linear's int8 weight back per output channel: the range the
+  dequantized weight covers and the range its grid could represent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.fx import GraphModule, Node
+
+from workbench.data import Dataset
+from workbench.graph import GraphView, op_family, readable_op
+from workbench.numeric import NodeError, per_node_sqnr, record_outputs
+from workbench.pipeline import evaluate
+from workbench.render import box_of
+
+# (lower bound in dB, label, fill colour): the first band whose bound the SQNR reaches.
+SQNR_BANDS: tuple[tuple[float, str, str], ...] = (
+    (40.0, "≥ 40 dB", "#1a9850"),
+    (30.0, "30–40 dB", "#91cf60"),
+    (20.0, "20–30 dB", "#fee08b"),
+    (10.0, "10–20 dB", "#fc8d59"),
+    (-math.inf, "< 10 dB", "#d73027"),
+)
+NO_SQNR_COLOUR = "#eeeeee"
+SQNR_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A converted model against its float export: quality and per-node error."""
+
+    metric: str  # accuracy | agreement | mse
+    float_quality: float
+    int8_quality: float
+    errors: tuple[NodeError, ...]
+    inputs: tuple[torch.Tensor, ...]  # the evaluation batch the errors were measured on
+
+
+def compare(float_gm: GraphModule, converted_gm: GraphModule, data: Dataset) -> Comparison:
+    """Quality of both models on the evaluation split; per-node SQNR on its first batch.
+
+    Agreement is measured against `float_gm`, so the float model's own agreement is 100 %.
+    """
+    inputs = next(iter(data.eval_batches(SQNR_BATCH)))[0]
+    return Comparison(
+        data.quality,
+        evaluate(float_gm, data, teacher=float_gm),
+        evaluate(converted_gm, data, teacher=float_gm),
+        tuple(per_node_sqnr(float_gm, converted_gm, inputs)),
+        inputs,
+    )
+
+
+def sqnr_colour(db: float) -> str:
+    """Fill colour for an SQNR in dB (an exact match, +inf, counts as the best band; NaN,
+    from a float reference that is itself NaN, as not measured)."""
+    if math.isnan(db):
+        return NO_SQNR_COLOUR
+    return next(colour for bound, _, colour in SQNR_BANDS if db >= bound)
+
+
+def sqnr_legend() -> dict[str, str]:
+    """Legend labels to colours, best band first, then nodes without a measurement."""
+    return {label: colour for _, label, colour in SQNR_BANDS} | {"not measured": NO_SQNR_COLOUR}
+
+
+def sqnr_by_node(errors: Iterable[NodeError]) -> dict[str, NodeError]:
+    """Each exported node's error; where several converted nodes share one, the worst (NaN
+    counts as worst: something is broken there)."""
+    worst: dict[str, NodeError] = {}
+    for error in errors:
+        kept = worst.get(error.exported)
+        if kept is None or _badness(error.sqnr_db) > _badness(kept.sqnr_db):
+            worst[error.exported] = error
+    return worst
+
+
+def _badness(db: float) -> float:
+    return math.inf if math.isnan(db) else -db
+
+
+def sqnr_colours(
+    view: GraphView, errors: Iterable[NodeError], collapse_depth: int | None = None
+) -> dict[str, str]:
+    """Fill colour of every op box of the exported graph drawn at `collapse_depth`.
+
+    A box is coloured by the lowest SQNR of the nodes it stands for; op boxes without a
+    measurement are light grey.
+    """
+    by_node = sqnr_by_node(errors)
+    measured: dict[str, list[float]] = {}
+    for node in view.nodes:
+        if node.op == "call_function":
+            dbs = measured.setdefault(box_of(node, collapse_depth), [])
+            if node.name in by_node:
+                dbs.append(by_node[node.name].sqnr_db)
+    return {
+        box: sqnr_colour(max(dbs, key=_badness)) if dbs else NO_SQNR_COLOUR
+        for box, dbs in measured.items()
+    }
+
+
+@dataclass(frozen=True)
+class ActivationGrid:
+    """Float activations of one node and the int grid its converted output is quantized on."""
+
+    node: str  # the exported node
+    reference: str  # the float node whose output was recorded (the BN output for a folded conv)
+    values: torch.Tensor
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+    dtype: torch.dtype
+
+    @property
+    def clipped_fraction(self) -> float:
+        """Share of the float values outside the grid's representable range."""
+        low = (self.qmin - self.zero_point) * self.scale
+        high = (self.qmax - self.zero_point) * self.scale
+        flat = self.values.flatten()
+        if flat.numel() == 0:
+            return 0.0
+        return float(((flat < low) | (flat > high)).sum()) / flat.numel()
+
+
+def activation_grid(
+    float_gm: GraphModule,
+    converted_gm: GraphModule,
+    error: NodeError,
+    inputs: tuple[torch.Tensor, ...],
+) -> ActivationGrid | None:
+    """The float activations behind `error` and the per-tensor grid of its output.
+
+    None when the converted node's output is not quantized per tensor (a node kept float,
+    or an output quantized only downstream).
+    """
+    if not error.quantized:
+        return None
+    dequantize = _node(converted_gm, error.compared)
+    quantize = dequantize.args[0]
+    if not isinstance(quantize, Node) or readable_op(quantize) != "quantize_per_tensor":
+        return None
+    scale, zero_point, qmin, qmax, dtype = (_constant(a) for a in quantize.args[1:6])
+    values = record_outputs(float_gm, inputs)[error.reference]
+    return ActivationGrid(
+        error.exported, error.reference, values.detach(), float(scale), int(zero_point),
+        int(qmin), int(qmax), dtype,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WeightChannels:
+    """Per output channel of a converted conv/linear weight: what it covers and could cover."""
+
+    node: str  # the converted conv/linear node
+    low: torch.Tensor  # smallest dequantized weight per channel
+    high: torch.Tensor  # largest dequantized weight per channel
+    grid_low: torch.Tensor  # (qmin - zero_point) * scale per channel
+    grid_high: torch.Tensor  # (qmax - zero_point) * scale per channel
+    scale: torch.Tensor
+    per_channel: bool
+
+
+def weight_nodes(converted_gm: GraphModule) -> list[str]:
+    """Converted nodes whose weight (argument 1) arrives through a dequantize op."""
+    return [n.name for n in converted_gm.graph.nodes if _weight_dequantize(n) is not None]
+
+
+def weight_channels(converted_gm: GraphModule, node: str) -> WeightChannels:
+    """Read the int weight of converted `node` back, channel by channel (axis of its scales)."""
+    dequantize = _weight_dequantize(_node(converted_gm, node))
+    if dequantize is None:
+        raise ValueError(f"{node} has no quantized weight")
+    weight = _constant(dequantize.args[0])
+    per_channel = readable_op(dequantize) == "dequantize_per_channel"
+    if per_channel:
+        scales, zero_points, axis, qmin, qmax = (_constant(a) for a in dequantize.args[1:6])
+        scale = scales.double()
+        zero_point = zero_points.double()
+        rows = weight.movedim(int(axis), 0).reshape(weight.shape[int(axis)], -1).double()
+    else:  # one scale shared by every output channel (axis 0 for conv and linear weights)
+        s, z, qmin, qmax = (_constant(a) for a in dequantize.args[1:5])
+        channels = int(weight.shape[0]) if weight.dim() else 1
+        scale = torch.full((channels,), float(s), dtype=torch.float64)
+        zero_point = torch.full((channels,), float(z), dtype=torch.float64)
+        rows = weight.reshape(channels, -1).double()
+    values = (rows - zero_point[:, None]) * scale[:, None]
+    return WeightChannels(
+        node, values.amin(dim=1), values.amax(dim=1), (qmin - zero_point) * scale,
+        (qmax - zero_point) * scale, scale, per_channel,
+    )  # fmt: skip
+
+
+def worst_first(errors: Sequence[NodeError]) -> list[NodeError]:
+    """Errors sorted by SQNR, lowest first (exact matches last)."""
+    return sorted(errors, key=lambda e: e.sqnr_db)
+
+
+def _node(gm: GraphModule, name: str) -> Node:
+    for node in gm.graph.nodes:
+        if node.name == name:
+            return node
+    raise ValueError(f"no node {name} in the graph")
+
+
+def _weight_dequantize(node: Node) -> Node | None:
+    if node.op != "call_function" or len(node.args) < 2 or not isinstance(node.args[1], Node):
+        return None
+    weight = node.args[1]
+    if op_family(node) not in ("conv", "linear") or not readable_op(weight).startswith(
+        "dequantize_per"
+    ):
+        return None
+    stored = weight.args[0]
+    return weight if isinstance(stored, Node) and stored.op == "get_attr" else None
+
+
+def _constant(value: object) -> object:
+    """A node argument as a value: get_attr nodes are read from their module."""
+    if isinstance(value, Node) and value.op == "get_attr":
+        owner = value.graph.owning_module
+        assert owner is not None
+        target = owner
+        for part in str(value.target).split("."):
+            target = getattr(target, part)
+        return target
+    return value
