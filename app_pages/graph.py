@@ -41,8 +41,8 @@ elif colour_by == "SQNR" and converted is not None:
     legend(sqnr_legend())
     colours = sqnr_colours(view, converted.comparison.errors, rendered.collapse_depth)
     stale = "" if state.current() is not None else " (converted with an earlier recipe)"
-    st.caption(f"int8 against float per node, from Train & convert{stale}; a collapsed "
-               "module shows its worst node.")  # fmt: skip
+    st.caption(f"int8 against the {converted.comparison.reference} per node, from Train & "
+               f"convert{stale}; a collapsed module shows its worst node.")  # fmt: skip
 
 left, right = st.columns([3, 1])
 with left:

@@ -36,12 +36,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamlit run app.py` with a fresh workspace on a free loopback port, stopped by PID."""
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`streamlit run app.py` with a fresh workspace on a free loopback port, stopped by PID.
+
+    Yields the URL and the workspace folder.
+    """
     port = _free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS.joinpath("streamlit.log").open("w")
-    env = {**os.environ, "WORKBENCH_WORKSPACE": str(tmp_path_factory.mktemp("workspace"))}
+    workspace = tmp_path_factory.mktemp("workspace")
+    env = {**os.environ, "WORKBENCH_WORKSPACE": str(workspace)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", f"--server.port={port}",
          "--server.address=127.0.0.1", "--server.headless=true",
@@ -61,7 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             assert proc.poll() is None, "streamlit exited; see artifacts/streamlit.log"
             assert time.monotonic() < deadline, "streamlit did not become healthy in 90 s"
             time.sleep(0.5)
-        yield url
+        yield url, workspace
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -69,6 +73,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture
+def server(app_server: tuple[str, Path]) -> str:
+    return app_server[0]
 
 
 @pytest.fixture
@@ -174,3 +183,193 @@ def test_diff_page_highlights_a_fused_group_on_both_sides(server: str, page) -> 
     )
     page.get_by_text("Group conv2d_1").first.wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "diff_page.png"))
+
+
+# Polls the Training loss chart every 20 ms and records how many steps it shows, so a test can
+# see the charts redrawn while training runs (plotly keeps its data on the plot element).
+_WATCH_LOSS = """() => {
+    window.__lossLengths = [];
+    window.__watch = setInterval(() => {
+        for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+            const title = (plot.layout && plot.layout.title && plot.layout.title.text) || '';
+            if (title.includes('Training loss') && plot.data && plot.data[0]) {
+                window.__lossLengths.push(plot.data[0].x.length);
+            }
+        }
+    }, 20);
+}"""
+
+_TRACE_NAMES = """(title) => {
+    const plot = [...document.querySelectorAll('.js-plotly-plot')].find(
+        (p) => ((p.layout && p.layout.title && p.layout.title.text) || '').includes(title));
+    return plot ? plot.data.map((t) => t.name) : null;
+}"""
+
+
+def _steps_done(page) -> tuple[int, int, str]:  # type: ignore[no-untyped-def]
+    """(steps run, steps planned, state suffix) from the run caption "N of M steps, ... s"."""
+    import re
+
+    text = page.get_by_text(re.compile(r"^\d+ of \d+ steps")).first.text_content() or ""
+    done, total = re.match(r"(\d+) of (\d+) steps", text).groups()  # type: ignore[union-attr]
+    return int(done), int(total), text
+
+
+def _open_train_page_in_qat(page) -> None:  # type: ignore[no-untyped-def]
+    page.get_by_role("link", name="Recipe").click()
+    page.get_by_text("quantizable nodes").first.wait_for(timeout=60_000)
+    _choose(page, "Mode", "qat")
+    page.wait_for_timeout(1500)
+    page.get_by_role("link", name="Train & convert").click()
+    page.get_by_role("button", name="Start").wait_for(timeout=60_000)
+
+
+def _set_number(page, label: str, value: int) -> None:  # type: ignore[no-untyped-def]
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(700)
+
+
+def test_stop_keeps_the_run_and_resume_continues(server: str, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server)
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
+    _open_train_page_in_qat(page)
+    _set_number(page, "Steps", 20_000)
+    _set_number(page, "Evaluate every", 1_000)
+    page.evaluate(_WATCH_LOSS)
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_function(
+        "() => window.__lossLengths.some((n) => n >= 30)", timeout=120_000, polling=100
+    )
+    page.get_by_role("button", name="Stop training").click()
+    page.get_by_text("(stopped)").first.wait_for(timeout=30_000)
+    stopped, total, _ = _steps_done(page)
+    assert total == 20_000 and 30 <= stopped < total
+    page.wait_for_timeout(2_000)  # nothing trains while stopped
+    assert _steps_done(page)[0] == stopped
+    page.get_by_text(f"Convert uses the model as it is at step {stopped}.").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "train_stopped.png"), full_page=True)
+
+    page.get_by_role("button", name="Resume").click()
+    page.get_by_text("(training…)").first.wait_for(timeout=30_000)
+    page.wait_for_function(
+        f"() => window.__lossLengths.some((n) => n > {stopped + 30})", timeout=120_000,
+        polling=100,
+    )  # fmt: skip
+    page.get_by_role("button", name="Stop training").click()
+    page.get_by_text("(stopped)").first.wait_for(timeout=30_000)
+    resumed, _, _ = _steps_done(page)
+    assert stopped + 30 < resumed < total
+
+
+def test_whole_journey_annotate_train_convert_sqnr_export(  # type: ignore[no-untyped-def]
+    app_server: tuple[str, Path], page, tmp_path: Path
+) -> None:
+    """Load the sample, keep one node float, QAT 120 steps watching the charts, convert, colour
+    the graph by SQNR, export, and check the downloaded .pt2 against the app's own model."""
+    import re
+
+    import torch
+
+    from workbench.capture import capture
+    from workbench.data import load_data
+    from workbench.pipeline import QatConfig, convert, exported_stage, prepare
+    from workbench.recipe import Recipe
+    from workbench.runner import QatRun
+
+    url, workspace = app_server
+    page.set_viewport_size({"width": 1500, "height": 2400})  # whole pages in the screenshots
+    page.goto(url)
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
+    # Annotate: keep the classifier float (found by search, which centres it).
+    search = page.get_by_label("Search", exact=True)
+    search.fill("linear")
+    search.press("Enter")
+    page.locator('g.node.wb-match[id="linear"]').wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    page.locator('g.node[id="linear"]').click()
+    page.get_by_text("fc (Linear)").first.wait_for(timeout=30_000)
+    _choose(page, "Keep float", "yes")
+    page.get_by_role("button", name="Apply").click()
+    page.get_by_text("keep float", exact=False).filter(has_text="Annotation").first.wait_for(
+        timeout=30_000
+    )
+    _open_train_page_in_qat(page)
+
+    # QAT with the page's defaults (120 steps of 64, evaluation every 20): the charts redraw
+    # while it trains.
+    page.evaluate(_WATCH_LOSS)
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text(re.compile(r"^120 of 120 steps")).first.wait_for(timeout=180_000)
+    page.wait_for_timeout(500)
+    lengths = page.evaluate("window.__lossLengths")
+    partial = sorted({n for n in lengths if 0 < n < 120})
+    assert len(partial) >= 2, f"the loss chart was not redrawn during training: {partial}"
+    drift = page.evaluate(_TRACE_NAMES, "Quality during QAT")
+    assert drift == ["float", "fake-quant"]
+    page.screenshot(path=str(ARTIFACTS / "train_charts.png"), full_page=True)
+
+    page.get_by_role("button", name="Convert").click()
+    page.get_by_text("int8 against float").first.wait_for(timeout=120_000)
+    page.wait_for_function(
+        f"() => ({_TRACE_NAMES})('Quality during QAT')?.includes('int8 (converted)')",
+        timeout=30_000,
+    )
+    metric = page.locator('[data-testid="stMetric"]').filter(has_text="int8 accuracy").first
+    text = metric.text_content() or ""
+    int8, float_ = (float(v) for v in re.findall(r"(\d+\.\d+) %", text)[:2])
+    assert abs(int8 - float_) <= 0.5, text
+    page.get_by_text("Per-node SQNR (worst first)").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "train_converted.png"), full_page=True)
+
+    # The graph coloured by SQNR; a click shows the node's numbers.
+    page.get_by_role("link", name="Graph").click()
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=60_000)
+    page.get_by_text("SQNR", exact=True).click()
+    page.get_by_text("not measured").first.wait_for(timeout=30_000)
+    page.wait_for_function(
+        """() => {
+            const host = [...document.querySelectorAll('*')].find(e => e.shadowRoot &&
+                e.shadowRoot.querySelector('g.node[id="conv2d_1"]'));
+            const fill = (id) => host && host.shadowRoot.querySelector(
+                'g.node[id="' + id + '"] path')?.getAttribute('fill');
+            const bands = ['#1a9850', '#91cf60', '#fee08b', '#fc8d59', '#d73027'];
+            return bands.includes(fill('conv2d_1')) && fill('batch_norm_1') === '#eeeeee';
+        }""",
+        timeout=30_000,
+    )
+    page.locator('g.node[id="conv2d_1"]').click()
+    page.get_by_text(re.compile(r"SQNR -?\d+\.\d dB")).first.wait_for(timeout=30_000)
+    page.get_by_text("(BatchNorm folded in)").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "graph_sqnr.png"))
+
+    # Export the converted model and download it with its recipe.
+    page.get_by_role("link", name="Export").click()
+    page.get_by_text("The model converted on the Train & convert page").first.wait_for(
+        timeout=60_000
+    )
+    page.get_by_role("button", name="Build model.pt2").click()
+    page.get_by_text("bit-equal").first.wait_for(timeout=120_000)
+    files = {}
+    for name in ("model.pt2", "recipe.json"):
+        with page.expect_download() as download:
+            page.get_by_role("button", name=name, exact=True).click()
+        files[name] = tmp_path / name
+        download.value.save_as(files[name])
+    page.screenshot(path=str(ARTIFACTS / "export_page.png"), full_page=True)
+
+    # The app's converted model, rebuilt here from the app's own final QAT checkpoint.
+    recipe = Recipe.from_json(files["recipe.json"].read_text())
+    assert recipe.mode == "qat" and len(recipe.overrides) == 1
+    captured = capture("sample:digits_cnn")
+    data = load_data("digits", captured.example_inputs)
+    config = QatConfig(steps=120, batch_size=64, lr=1e-4)
+    checkpoint = workspace / "checkpoints" / "sample_digits_cnn" / "qat-checkpoint.pt"
+    run = QatRun.resume(checkpoint, prepare(captured, recipe), data, config,
+                        teacher=exported_stage(captured).graph_module)  # fmt: skip
+    assert run.done
+    in_app = convert(run.stage()).graph_module
+    downloaded = torch.export.load(str(files["model.pt2"])).module()
+    for inputs, _ in data.eval_batches(128):
+        assert torch.equal(downloaded(*inputs), in_app(*inputs))

@@ -81,6 +81,10 @@ def test_accuracy_drift_and_loss(qat_run: QatRun) -> None:
     with_int8 = accuracy_drift_figure(qat_run.history, int8=97.5)
     assert len(with_int8.data) == 3
     assert list(with_int8.data[2].x) == [4] and list(with_int8.data[2].y) == [97.5]
+    stopped = accuracy_drift_figure(qat_run.history, 97.5, int8_step=3, float_model=99.0)
+    assert list(stopped.data[2].x) == [3]
+    (reference,) = stopped.layout.shapes
+    assert (reference.y0, reference.y1, reference.line.dash) == (99.0, 99.0, "dot")
 
     figure = loss_figure(history)
     assert len(figure.data) == 1

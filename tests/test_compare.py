@@ -627,3 +627,43 @@ def test_cli_qat_flags_reach_the_build(
     other = convert(train_qat(prepared, digits_data, default, teacher=float_module))
     with torch.no_grad():
         assert not torch.equal(other.graph_module(*inputs), in_process)
+
+
+def test_after_qat_the_sqnr_reference_is_the_trained_float_model(
+    captured: dict[str, CapturedModel], digits_data: Dataset
+) -> None:
+    """QAT moves the float weights: compared with the float model carrying the trained
+    weights, the int8 error is the quantization error alone, and larger SQNR than against the
+    float model before training."""
+    from workbench.pipeline import exported_stage, trained_float
+
+    model = captured["digits_cnn"]
+    exported = exported_stage(model)
+    prepared = prepare(model, dataclasses.replace(Recipe(), mode="qat"))
+    config = QatConfig(steps=6, batch_size=32, lr=1e-2)  # a large step: the weights move
+    trained = train_qat(prepared, digits_data, config, teacher=exported.graph_module)
+    reference = trained_float(exported, trained)
+    trained_state = trained.graph_module.state_dict()
+    moved = 0
+    for name, value in reference.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(value, trained_state[name]), name
+        moved += not torch.equal(value, exported.graph_module.state_dict()[name])
+    assert moved >= 10  # conv/linear weights and biases, BN parameters and statistics
+    # The float graph is unchanged: the same nodes, only other weights.
+    assert [n.name for n in reference.graph.nodes] == [
+        n.name for n in exported.graph_module.graph.nodes
+    ]
+
+    converted = convert(trained).graph_module
+    plain = compare(exported.graph_module, converted, digits_data)
+    after = compare(exported.graph_module, converted, digits_data, reference_gm=reference)
+    assert (plain.reference, after.reference) == ("float model", "float model after QAT")
+    assert after.reference_module is reference
+    assert (after.float_quality, after.int8_quality) == (plain.float_quality, plain.int8_quality)
+    plain_db = {e.exported: e.sqnr_db for e in plain.errors}
+    after_db = {e.exported: e.sqnr_db for e in after.errors}
+    assert set(plain_db) == set(after_db)
+    assert sum(after_db[n] > plain_db[n] for n in plain_db) >= len(plain_db) - 1
+    assert min(after_db.values()) > min(plain_db.values()) + 5

@@ -15,7 +15,13 @@ from workbench.charts import (
     sqnr_bar_figure,
     weight_channels_figure,
 )
-from workbench.compare import activation_grid, weight_channels, weight_nodes, worst_first
+from workbench.compare import (
+    Comparison,
+    activation_grid,
+    weight_channels,
+    weight_nodes,
+    worst_first,
+)
 from workbench.errors import WorkbenchError
 from workbench.numeric import NodeError
 from workbench.sensitivity import iter_sensitivity, suggest_overrides
@@ -38,16 +44,16 @@ def comparison_section(state: AppState, converted: Converted) -> None:
     cols = st.columns(4)
     cols[0].metric(f"int8 {c.metric}", quality_text(c.int8_quality, c.metric),
                    f"float {quality_text(c.float_quality, c.metric)}",
-                   delta_color="off")  # fmt: skip
+                   delta_color="off", delta_arrow="off")  # fmt: skip
     change = c.int8_quality - c.float_quality + 0.0  # + 0.0 turns -0.0 into 0.0
     cols[1].metric("Change from float", f"{change:+.2f}" + ("" if c.metric == "mse" else " pp"))
     if worst is not None:
-        cols[2].metric("Worst node SQNR", f"{worst.sqnr_db:.1f} dB", worst.exported,
-                       delta_color="off")  # fmt: skip
+        cols[2].metric(f"Worst SQNR: {worst.exported}", f"{worst.sqnr_db:.1f} dB",
+                       help=f"Against the {c.reference}, on one evaluation batch.")  # fmt: skip
     cols[3].metric("Converted in", f"{converted.stages['converted'].seconds:.2f} s")
     tabs = st.tabs(["SQNR per node", "Activations", "Weights", "Sensitivity"])
     with tabs[0]:
-        _sqnr_tab(c.errors)
+        _sqnr_tab(c)
     with tabs[1]:
         _activation_tab(converted)
     with tabs[2]:
@@ -72,16 +78,19 @@ def sqnr_table(errors: tuple[NodeError, ...] | list[NodeError]) -> pd.DataFrame:
     )
 
 
-def _sqnr_tab(errors: tuple[NodeError, ...]) -> None:
-    st.plotly_chart(sqnr_bar_figure(errors), key="cmp-sqnr")
-    st.caption("Measured on one evaluation batch. A conv folded with its BatchNorm is compared "
-               "with the float BatchNorm output; the Graph page colours nodes by it.")  # fmt: skip
-    st.dataframe(sqnr_table(errors), hide_index=True, width="stretch")
+def _sqnr_tab(c: Comparison) -> None:
+    st.plotly_chart(sqnr_bar_figure(c.errors), key="cmp-sqnr")
+    after_qat = " (its trained weights: the quantization error alone)" * (
+        c.reference == "float model after QAT"
+    )  # fmt: skip
+    st.caption(f"Each node's int8 output against the {c.reference}{after_qat}, on one "
+               "evaluation batch. A conv folded with its BatchNorm is compared with the float "
+               "BatchNorm output. The Graph page colours nodes by these numbers.")  # fmt: skip
+    st.dataframe(sqnr_table(c.errors), hide_index=True, width="stretch")
 
 
 def _activation_tab(converted: Converted) -> None:
     c = converted.comparison
-    float_gm = converted.stages["exported"].graph_module
     int8_gm = converted.stages["converted"].graph_module
     grids = {
         e.exported: e for e in worst_first(list(c.errors)) if e.quantized and e.compared
@@ -90,7 +99,7 @@ def _activation_tab(converted: Converted) -> None:
         st.info("No node output is quantized per tensor in this model.")
         return
     chosen = st.selectbox("Node (worst SQNR first)", list(grids), key="cmp-activation")
-    grid = activation_grid(float_gm, int8_gm, grids[chosen], c.inputs)
+    grid = activation_grid(c.reference_module, int8_gm, grids[chosen], c.inputs)
     if grid is None:
         st.info(f"The output of {chosen} is not quantized per tensor.")
         return
@@ -175,7 +184,7 @@ def _run_sensitivity(state: AppState, nodes: list[str]) -> None:
     """Measure `nodes` with a progress bar; a click on Stop (any rerun) keeps what was measured."""
     assert state.captured is not None
     key = state.recipe.to_json()
-    st.button("Stop", key="sens-stop", help="Stops after the node being measured.")
+    st.button("Stop sensitivity", key="sens-stop", help="Keeps the nodes measured so far.")
     bar = st.progress(0.0, text="Baseline: every node quantized…")
     try:
         for progress in iter_sensitivity(state.captured, state.recipe, state.data(), nodes=nodes):

@@ -30,6 +30,7 @@ from workbench.pipeline import (
     Stage,
     calibrate,
     convert,
+    evaluate,
     exported_stage,
     prepare,
     train_qat,
@@ -93,6 +94,7 @@ class AppState:
     converted: Converted | None = None  # what that page converted last
     sensitivity: tuple[str, SensitivityProgress] | None = None  # (recipe JSON, search state)
     _effective: tuple[str, dict[str, Effective]] | None = None
+    _float_quality: float | None = None
     _rendered: dict[int | None, Rendered] = field(default_factory=dict)
     _stages: tuple[str, dict[str, Stage]] | None = None
     _views: dict[tuple[str, str], GraphView] = field(default_factory=dict)
@@ -124,6 +126,14 @@ class AppState:
         assert self.captured is not None
         inputs = self.captured.example_inputs
         return load_data(default_data_spec(inputs), inputs)
+
+    def float_quality(self) -> float:
+        """Quality of the float (exported) model on the default data, computed once."""
+        assert self.captured is not None
+        if self._float_quality is None:
+            teacher = self.captured.graph_module()
+            self._float_quality = evaluate(teacher, self.data(), teacher=teacher)
+        return self._float_quality
 
     def stages_key(self) -> str:
         """Identifies what `stages` returns: the model, the recipe and which stages."""
@@ -243,7 +253,7 @@ def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None =
     state.selected, state._effective, state._rendered = None, None, {}
     state.diff_selected, state._stages, state._views = None, None, {}
     state.exported_build = state.qat_run = state.calibrated = None
-    state.converted = state.sensitivity = None
+    state.converted = state.sensitivity = state._float_quality = None
     state.recipe, state.notice = Recipe(), None
     saved = state.workspace.load_recipe(spec)
     if saved is not None:

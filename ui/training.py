@@ -17,10 +17,18 @@ from workbench.charts import (
 )
 from workbench.compare import compare
 from workbench.errors import WorkbenchError
-from workbench.pipeline import QatConfig, calibrate, convert, exported_stage, prepare
+from workbench.pipeline import (
+    QatConfig,
+    calibrate,
+    convert,
+    exported_stage,
+    prepare,
+    trained_float,
+)
 from workbench.runner import QatRun
 
-REDRAW_SECONDS = 1.0  # live charts are redrawn at most this often (and at every evaluation)
+REDRAW_SECONDS = 0.5  # while training, the live charts are redrawn this often
+PROGRESS_SECONDS = 0.1  # the progress bar is updated at most this often
 
 
 def show_error(exc: WorkbenchError) -> None:
@@ -43,14 +51,15 @@ def qat_section(state: AppState) -> Tuned | None:
     optimizer = cols[3].selectbox("Optimizer", ["adam", "sgd"], key="qat-optimizer")
     cols = st.columns(4)
     every = int(cols[0].number_input("Evaluate every", 1, 100_000, 20, key="qat-every"))
-    bn = int(cols[1].number_input("Freeze BN after step", 0, 100_000, int(steps * 0.6),
-                                  key="qat-bn"))  # fmt: skip
-    obs = int(cols[2].number_input("Freeze observers after step", 0, 100_000, int(steps * 0.8),
-                                   key="qat-obs"))  # fmt: skip
+    bn = cols[1].number_input("Freeze BN after step", 0, 100_000, None, key="qat-bn",
+                              placeholder=f"auto: {int(steps * 0.6)} (60 %)")  # fmt: skip
+    obs = cols[2].number_input("Freeze observers after step", 0, 100_000, None, key="qat-obs",
+                               placeholder=f"auto: {int(steps * 0.8)} (80 %)")  # fmt: skip
     buttons = st.columns([1, 1, 1, 5])
     if buttons[0].button("Start", type="primary"):
         config = QatConfig(steps=steps, batch_size=batch, lr=lr, optimizer=optimizer,
-                           freeze_bn_step=bn, freeze_observer_step=obs)  # fmt: skip
+                           freeze_bn_step=None if bn is None else int(bn),
+                           freeze_observer_step=None if obs is None else int(obs))  # fmt: skip
         try:
             state.qat_run = _new_run(state, config, every)
         except WorkbenchError as exc:
@@ -68,25 +77,29 @@ def qat_section(state: AppState) -> Tuned | None:
         return None
     train_now = not run.done and (resume or run.step_count == 0)
     if train_now:
-        st.button("Stop", help="Stops within one step; Resume continues from there.")
+        stop = st.empty()
+        stop.button("Stop training", help="Stops within one step; Resume continues from there.")
         bar = st.progress(run.step_count / run.config.steps, text="Training…")
-    converted = state.converted
-    charts = LiveCharts(run, converted.comparison.int8_quality if converted else None)
+    charts = LiveCharts(run, state.converted, state.float_quality())
     charts.draw(run, training=train_now)
     if train_now:
-        last = time.monotonic()
+        drawn = shown = time.monotonic()
         try:
             while not run.done:
                 record = run.step()
-                bar.progress(run.step_count / run.config.steps,
-                             text=f"step {run.step_count}/{run.config.steps}, "
-                                  f"loss {record['loss']:.4f}")  # fmt: skip
-                if "eval" in record or run.done or time.monotonic() - last > REDRAW_SECONDS:
+                now = time.monotonic()
+                if run.done or now - shown > PROGRESS_SECONDS:
+                    bar.progress(run.step_count / run.config.steps,
+                                 text=f"step {run.step_count}/{run.config.steps}, "
+                                      f"loss {record['loss']:.4f}")  # fmt: skip
+                    shown = now
+                if run.done or now - drawn > REDRAW_SECONDS:
                     charts.draw(run, training=not run.done)
-                    last = time.monotonic()
+                    drawn = time.monotonic()
         except WorkbenchError as exc:
             charts.draw(run)
             show_error(exc)
+        stop.empty()
     if run.step_count == 0:
         return None
     if run.source.recipe is not None and run.source.recipe.to_json() != state.recipe.to_json():
@@ -122,8 +135,12 @@ def _new_run(state: AppState, config: QatConfig, eval_every: int) -> QatRun:
 class LiveCharts:
     """Loss, quality drift, a chosen fake quantizer's range and channels; redrawn in place."""
 
-    def __init__(self, run: QatRun, int8: float | None) -> None:
-        self.int8 = int8
+    def __init__(self, run: QatRun, converted: Converted | None, float_model: float) -> None:
+        # A converted QAT model comes from this run: Start and Reset drop the converted model.
+        qat = converted if converted is not None and converted.schedule.qat is not None else None
+        self.int8 = qat.comparison.int8_quality if qat is not None else None
+        self.int8_step = qat.schedule.steps if qat is not None else None
+        self.float_model = float_model
         self.draws = 0
         self.caption = st.empty()
         left, right = st.columns(2)
@@ -150,8 +167,9 @@ class LiveCharts:
         self.caption.caption(f"{run.step_count} of {run.config.steps} steps, "
                              f"{run.seconds:.1f} s{state}")  # fmt: skip
         self.loss.plotly_chart(loss_figure(run.train_history()), key=f"qat-loss-{n}")
-        self.drift.plotly_chart(accuracy_drift_figure(run.history, self.int8),
-                                key=f"qat-drift-{n}")  # fmt: skip
+        drift = accuracy_drift_figure(run.history, self.int8, int8_step=self.int8_step,
+                                      float_model=self.float_model)  # fmt: skip
+        self.drift.plotly_chart(drift, key=f"qat-drift-{n}")
         recorder = run.recorder
         if self.chosen is None or recorder is None or recorder.count == 0:
             return
@@ -213,7 +231,10 @@ def convert_section(state: AppState, source: Tuned) -> None:
         exported = exported_stage(state.captured)
         converted = convert(source.tuned)
         bar.progress(0.5, text="Measuring int8 against float…")
-        comparison = compare(exported.graph_module, converted.graph_module, state.data())
+        trained = source.tuned if source.tuned.name == "trained" else None
+        reference = trained_float(exported, trained) if trained is not None else None
+        comparison = compare(exported.graph_module, converted.graph_module, state.data(),
+                             reference_gm=reference)  # fmt: skip
     except WorkbenchError as exc:
         show_error(exc)
         return

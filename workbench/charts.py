@@ -60,7 +60,7 @@ def observer_range_figure(recorder: RangeRecorder, name: str) -> go.Figure:
     figure.update_layout(title=f"Observed range of {name}", hovermode="x unified")
     figure.update_xaxes(title_text="training step")
     figure.update_yaxes(title_text="observed value", secondary_y=False)
-    figure.update_yaxes(title_text="scale", secondary_y=True)
+    figure.update_yaxes(title_text="scale", secondary_y=True, rangemode="tozero")
     return figure
 
 
@@ -124,31 +124,45 @@ def weight_channels_figure(channels: WeightChannels) -> go.Figure:
 
 
 def accuracy_drift_figure(
-    history: Iterable[Mapping[str, Any]], int8: float | None = None
+    history: Iterable[Mapping[str, Any]],
+    int8: float | None = None,
+    *,
+    int8_step: int | None = None,
+    float_model: float | None = None,
 ) -> go.Figure:
     """Float and fake-quant quality at each evaluation; the converted int8 model as one point.
 
-    Reads records with "fake_quant" (QatRun.history); `int8` is drawn at the last step.
+    Reads records with "fake_quant" (QatRun.history). "float" is the model being trained with
+    fake quantization off. `int8` is drawn at `int8_step` (default: the last evaluation);
+    `float_model`, the quality of the float model before QAT, as a dotted reference line.
     """
     evals = [r for r in history if "fake_quant" in r]
     steps = [int(r["step"]) for r in evals]
     figure = go.Figure()
     figure.add_trace(
-        go.Scatter(x=steps, y=[r["float"] for r in evals], name="float", mode="lines+markers")
-    )
+        go.Scatter(
+            x=steps, y=[r["float"] for r in evals], name="float", mode="lines+markers",
+            line={"dash": "dash", "width": 3}, marker={"size": 9},
+        )
+    )  # fmt: skip
     figure.add_trace(
         go.Scatter(
             x=steps, y=[r["fake_quant"] for r in evals], name="fake-quant", mode="lines+markers"
         )
     )
+    if float_model is not None:
+        figure.add_hline(
+            y=float_model, line_dash="dot", line_color="#555",
+            annotation_text="float model before QAT", annotation_position="bottom left",
+        )  # fmt: skip
     if int8 is not None:
         figure.add_trace(
             go.Scatter(
-                x=[steps[-1] if steps else 0],
+                x=[int8_step if int8_step is not None else steps[-1] if steps else 0],
                 y=[int8],
                 name="int8 (converted)",
                 mode="markers",
-                marker={"symbol": "star", "size": 14},
+                marker={"symbol": "star", "size": 16},
             )
         )
     quality = next((str(r["quality"]) for r in evals if "quality" in r), "accuracy")

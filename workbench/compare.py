@@ -1,7 +1,8 @@
 """After convert: where the int8 model differs from float, per node, for charts and the graph.
 
 - `compare` measures the converted model against float: quality on the evaluation split
-  and per-node SQNR (numeric.per_node_sqnr) on one evaluation batch.
+  and per-node SQNR (numeric.per_node_sqnr) on one evaluation batch; after QAT, against the
+  float graph carrying the trained weights, so the SQNR is the quantization error alone.
 - `sqnr_colours` colours graph nodes (or collapsed module boxes) by per-node SQNR.
 - `activation_grid` pairs a node's float activations with the int8 grid its output is
   quantized on (the quantize op that follows it in the converted graph).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.fx import GraphModule, Node
@@ -45,20 +46,33 @@ class Comparison:
     int8_quality: float
     errors: tuple[NodeError, ...]
     inputs: tuple[torch.Tensor, ...]  # the evaluation batch the errors were measured on
+    reference: str  # what the errors compare with: "float model" or "float model after QAT"
+    reference_module: GraphModule = field(repr=False)  # that model
 
 
-def compare(float_gm: GraphModule, converted_gm: GraphModule, data: Dataset) -> Comparison:
+def compare(
+    float_gm: GraphModule,
+    converted_gm: GraphModule,
+    data: Dataset,
+    *,
+    reference_gm: GraphModule | None = None,
+) -> Comparison:
     """Quality of both models on the evaluation split; per-node SQNR on its first batch.
 
     Agreement is measured against `float_gm`, so the float model's own agreement is 100 %.
+    Per-node errors compare with `reference_gm` when given (after QAT: the float graph with
+    the trained weights, `pipeline.trained_float`), else with `float_gm`.
     """
     inputs = next(iter(data.eval_batches(SQNR_BATCH)))[0]
+    reference = float_gm if reference_gm is None else reference_gm
     return Comparison(
         data.quality,
         evaluate(float_gm, data, teacher=float_gm),
         evaluate(converted_gm, data, teacher=float_gm),
-        tuple(per_node_sqnr(float_gm, converted_gm, inputs)),
+        tuple(per_node_sqnr(reference, converted_gm, inputs)),
         inputs,
+        "float model" if reference_gm is None else "float model after QAT",
+        reference,
     )
 
 
@@ -136,7 +150,7 @@ class ActivationGrid:
 
 
 def activation_grid(
-    float_gm: GraphModule,
+    float_gm: GraphModule,  # the model the NodeError was measured against
     converted_gm: GraphModule,
     error: NodeError,
     inputs: tuple[torch.Tensor, ...],

@@ -28,6 +28,7 @@ from workbench.pipeline import (
     exported_stage,
     prepare,
     train_qat,
+    trained_float,
 )
 from workbench.recipe import Recipe
 
@@ -186,7 +187,10 @@ def make_report(
     """The JSON report: quality before/after, per-node SQNR, op counts, timings, file sizes."""
     float_gm = stages["exported"].graph_module
     converted = stages["converted"].graph_module
-    comparison = compare(float_gm, converted, dataset)
+    reference = (
+        trained_float(stages["exported"], stages["trained"]) if "trained" in stages else None
+    )
+    comparison = compare(float_gm, converted, dataset, reference_gm=reference)
     quality: dict[str, Any] = {
         "metric": dataset.quality,
         "data": dataset.spec,
@@ -202,6 +206,7 @@ def make_report(
         "model": str(captured.spec),
         "recipe": recipe.as_dict(),
         "quality": quality,
+        "per_node_sqnr_reference": comparison.reference,
         "per_node_sqnr_db": [
             {
                 "node": e.node,

@@ -241,6 +241,25 @@ def convert(stage: Stage, *, reference: bool = False) -> Stage:
     )
 
 
+def trained_float(exported: Stage, trained: Stage) -> GraphModule:
+    """The float graph carrying a QAT-trained stage's weights and BatchNorm statistics.
+
+    QAT moves the float weights; comparing the int8 model with this float model measures the
+    quantization error alone, without the training drift. Parameters and buffers are matched
+    by name and shape (the prepared graph keeps the exported module paths); anything else,
+    such as a BN's num_batches_tracked, keeps the exported value.
+    """
+    model = exported.copy_module()
+    own = model.state_dict()
+    shared = {
+        name: value
+        for name, value in trained.graph_module.state_dict().items()
+        if name in own and own[name].shape == value.shape
+    }
+    model.load_state_dict(shared, strict=False)
+    return model
+
+
 def run(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Call a captured/prepared/converted module and return its first output tensor."""
     try:
