@@ -42,12 +42,13 @@ if build is not None and key == state.stages_key():
     cols = st.columns(4)
     cols[0].metric(".pt2 size", f"{files['bytes']:,} B",
                    f"{files['ratio_to_float']:.2f}x float ({files['float_bytes']:,} B)",
-                   delta_color="off")  # fmt: skip
+                   delta_color="off", delta_arrow="off")  # fmt: skip
     cols[1].metric(f"{quality['metric']} (int8)", f"{quality['quantized']:.2f}{unit}",
-                   f"float {quality['float']:.2f}{unit}", delta_color="off")  # fmt: skip
+                   f"float {quality['float']:.2f}{unit}", delta_color="off",
+                   delta_arrow="off")  # fmt: skip
     cols[2].metric("Reload check", "bit-equal" if check["bit_equal"] else "close",
                    f"max |diff| {check['max_abs_diff']:.3g} on {check['batches']} batches",
-                   delta_color="off")  # fmt: skip
+                   delta_color="off", delta_arrow="off")  # fmt: skip
     cols[3].metric("Batch", "dynamic" if check["dynamic_batch"] else "fixed")
     downloads = st.columns(3)
     downloads[0].download_button("model.pt2", saved.path.read_bytes(), "model.pt2")
@@ -56,4 +57,5 @@ if build is not None and key == state.stages_key():
 st.markdown("**Reproduce headless**")
 assert state.spec is not None
 st.code(reproduce_command(state.spec, "recipe.json", mode, schedule.data_spec, schedule.steps,
-                          schedule.batch_size, schedule.qat), language="bash")  # fmt: skip
+                          schedule.batch_size, schedule.qat),
+        language="bash", wrap_lines=True)  # fmt: skip

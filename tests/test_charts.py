@@ -106,6 +106,8 @@ def test_sqnr_bars_worst_first() -> None:
     assert list(bars.customdata) == ["linear_c", "conv2d_1_c", "conv2d_c", "relu_c"]
     assert list(bars.y) == [12.5, 20.0, 31.0, None]
     assert bars.text[-1] == "exact"
+    # The graph's SQNR colours: 10-20 dB, 20-30 dB, 30-40 dB, then exact (the best band).
+    assert list(bars.marker.color) == ["#fc8d59", "#fee08b", "#91cf60", "#1a9850"]
     assert figure.layout.yaxis.title.text == "SQNR (dB)"
 
 

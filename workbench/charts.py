@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from workbench.compare import ActivationGrid, WeightChannels
+from workbench.compare import ActivationGrid, WeightChannels, sqnr_colour
 from workbench.numeric import NodeError
 from workbench.qat import RangeRecorder
 from workbench.sensitivity import SensitivityResult
@@ -60,7 +60,7 @@ def observer_range_figure(recorder: RangeRecorder, name: str) -> go.Figure:
     figure.update_layout(title=f"Observed range of {name}", hovermode="x unified")
     figure.update_xaxes(title_text="training step")
     figure.update_yaxes(title_text="observed value", secondary_y=False)
-    figure.update_yaxes(title_text="scale", secondary_y=True, rangemode="tozero")
+    figure.update_yaxes(title_text="scale", secondary_y=True, rangemode="tozero", tickformat=".3~g")
     return figure
 
 
@@ -192,7 +192,8 @@ def loss_figure(history: Iterable[Mapping[str, Any]]) -> go.Figure:
 def sqnr_bar_figure(errors: Sequence[NodeError]) -> go.Figure:
     """Per-node SQNR as bars, worst (lowest) first; customdata holds each bar's node name.
 
-    An exact match (infinite SQNR) has no bar height and is labelled "exact", last.
+    Bars take the graph's SQNR colours (compare.sqnr_colour). An exact match (infinite SQNR)
+    has no bar height and is labelled "exact", last.
     """
     ordered = sorted(errors, key=lambda e: e.sqnr_db)
     heights = [e.sqnr_db if math.isfinite(e.sqnr_db) else None for e in ordered]
@@ -203,6 +204,7 @@ def sqnr_bar_figure(errors: Sequence[NodeError]) -> go.Figure:
             y=heights,
             text=labels,
             customdata=[e.node for e in ordered],
+            marker={"color": [sqnr_colour(e.sqnr_db) for e in ordered], "line": {"width": 0.5}},
             name="SQNR",
             hovertemplate="%{customdata}<br>%{text}<extra></extra>",
         )
