@@ -6,7 +6,7 @@ from ui.editor import node_editor
 from ui.graph_view import graph_view, legend, node_details
 from ui.state import loaded_state, svg_for
 from workbench.annotate import ANNOTATION_COLOURS, annotation_colours
-from workbench.compare import sqnr_by_node, sqnr_colours, sqnr_legend
+from workbench.compare import own_sqnr, sqnr_by_node, sqnr_colours, sqnr_legend
 from workbench.graph import search
 from workbench.render import box_of, max_depth
 
@@ -33,6 +33,7 @@ matches = list(dict.fromkeys(box_of(view[n], rendered.collapse_depth) for n in s
 if query:
     st.caption(f"{len(matches)} match(es)" + (f": {', '.join(matches[:8])}…" if matches else ""))
 errors = sqnr_by_node(converted.comparison.errors) if converted is not None else {}
+own = own_sqnr(view, converted.comparison.errors) if converted is not None else {}
 colours = None
 if colour_by == "annotation":
     legend(ANNOTATION_COLOURS)
@@ -57,7 +58,7 @@ if clicked and clicked != state.selected:
 with right:
     if state.selected in view:
         node_details(view[state.selected], effective.get(state.selected),
-                     errors.get(state.selected))  # fmt: skip
+                     errors.get(state.selected), own.get(state.selected))  # fmt: skip
         if state.selected in effective:
             node_editor(state, state.selected)
         else:

@@ -379,3 +379,89 @@ def test_a_stopped_qat_run_converts_and_the_export_command_reproduces_it(
     assert done.returncode == 0, done.stderr
     headless = torch.export.load(str(tmp_path / "model.pt2")).module()
     assert torch.equal(headless(x), in_app(x))
+
+
+def test_digits_qat_from_the_page_lands_within_half_a_point_of_float(workspace: Path) -> None:
+    """The page's defaults (120 steps of 64, Adam 1e-4): int8 within 0.5 pp of the float
+    model, and the drift chart shows it."""
+    at = _open_qat("train")
+    next(b for b in at.button if b.label == "Start").click().run()
+    next(b for b in at.button if b.label == "Convert").click().run()
+    assert not at.exception and not at.error
+    comparison = _state(at).converted.comparison
+    assert round(comparison.float_quality, 2) == 99.44
+    assert abs(comparison.int8_quality - comparison.float_quality) <= 0.5
+    drift = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                 if "Quality during QAT" in c.proto.spec)  # fmt: skip
+    star = next(t for t in drift["data"] if t["name"] == "int8 (converted)")
+    assert star["x"] == [120] and star["y"] == [comparison.int8_quality]
+    (reference,) = drift["layout"]["shapes"]
+    assert reference["y0"] == comparison.float_quality  # the float model's line
+
+
+def test_ptq_calibrate_convert_and_inspect_activations_and_weights(workspace: Path) -> None:
+    from workbench.compare import activation_grid, weight_channels
+
+    at = _open("train")
+    at.number_input(key="ptq-batches").set_value(4).run()
+    next(b for b in at.button if b.label == "Calibrate").click().run()
+    assert "calibrate: 4 batches of 64 from digits" in at.caption[-1].value
+    next(b for b in at.button if b.label == "Convert").click().run()
+    assert not at.exception and not at.error
+    state = _state(at)
+    converted = state.current()
+    assert converted.schedule.steps == 4 and converted.schedule.qat is None
+    assert converted.comparison.reference == "float model"
+    assert set(converted.stages) == {"exported", "prepared", "calibrated", "converted"}
+    # The activation tab opens on the worst quantized output; the weight tab on the first conv.
+    errors = converted.comparison.errors
+    worst = min((e for e in errors if e.quantized), key=lambda e: e.sqnr_db)
+    assert at.selectbox(key="cmp-activation").value == worst.exported
+    at.selectbox(key="cmp-activation").set_value("relu_1").run()
+    at.selectbox(key="cmp-weight").set_value("conv2d_2").run()
+    assert not at.exception
+    figures = {t: json.loads(c.proto.spec) for c in at.get("plotly_chart")
+               for t in [json.loads(c.proto.spec)["layout"]["title"]["text"]]}  # fmt: skip
+    stages = converted.stages
+    relu_1 = next(e for e in errors if e.exported == "relu_1")
+    grid = activation_grid(stages["exported"].graph_module, stages["converted"].graph_module,
+                           relu_1, converted.comparison.inputs)  # fmt: skip
+    histogram = next(f for t, f in figures.items() if t.startswith("relu_1: float activations"))
+    assert f"scale {grid.scale:.4g}" in histogram["layout"]["title"]["text"]
+    weights = weight_channels(stages["converted"].graph_module, "conv2d_2")
+    chart = next(f for t, f in figures.items() if t.startswith("int8 weight of conv2d_2"))
+    assert chart["data"][0]["base"] == weights.low.tolist()
+
+
+def test_sensitivity_finds_a_broken_node_and_one_click_keeps_it_float(workspace: Path) -> None:
+    from workbench.annotate import set_override
+    from workbench.recipe import QuantSetting
+
+    at = _open()
+    state = _state(at)
+    broken = QuantSetting(weight_dtype="int4", activation_dtype="int4",  # as test_sensitivity
+                          weight_granularity="per_tensor",
+                          activation_scheme="symmetric")  # fmt: skip
+    state.set_recipe(set_override(state.recipe, "node", "conv2d_1", broken))
+    at.switch_page("app_pages/train.py").run()
+    at.number_input(key="ptq-batches").set_value(4).run()
+    next(b for b in at.button if b.label == "Calibrate").click().run()
+    next(b for b in at.button if b.label == "Convert").click().run()
+    at.number_input(key="sens-count").set_value(4).run()
+    next(b for b in at.button if b.label == "Run sensitivity").click().run()
+    assert not at.exception and not at.error
+    key, progress = state.sensitivity
+    assert key == state.recipe.to_json()
+    assert (progress.done, progress.total) == (5, 5)
+    assert progress.results[0].node == "conv2d_1" and progress.results[0].delta > 0
+    titles = _chart_titles(at)
+    assert any(t.startswith("Gain from keeping one node float") for t in titles)
+    next(b for b in at.button if b.label == "Add keep-float rules for the top 1").click().run()
+    assert not at.exception
+    assert state.recipe.overrides[-1].pattern == "conv2d_1"
+    assert state.recipe.overrides[-1].setting == QuantSetting(keep_float=True)
+    assert any("Added keep-float rules for conv2d_1" in s.value for s in at.success)
+    # The autosaved recipe has the rule too, and the old comparison is marked as stale.
+    assert state.workspace.load_recipe(state.spec) == state.recipe
+    assert any("The recipe changed since this model was converted" in w.value
+               for w in at.warning)  # fmt: skip

@@ -34,6 +34,7 @@ from workbench.compare import (
     Comparison,
     activation_grid,
     compare,
+    own_sqnr,
     sqnr_by_node,
     sqnr_colour,
     sqnr_colours,
@@ -667,3 +668,38 @@ def test_after_qat_the_sqnr_reference_is_the_trained_float_model(
     assert set(plain_db) == set(after_db)
     assert sum(after_db[n] > plain_db[n] for n in plain_db) >= len(plain_db) - 1
     assert min(after_db.values()) > min(plain_db.values()) + 5
+
+
+def test_own_sqnr_splits_accumulated_error(view: GraphView) -> None:
+    # conv2d reads the graph input (exact): its own SQNR is its SQNR. conv2d_1 reads relu
+    # (through nothing else): 10 dB after 40 dB is 10^-1 - 10^-4 of relative noise added.
+    errors = [_error("conv2d", 45.0), _error("relu", 40.0), _error("conv2d_1", 10.0),
+              _error("relu_1", 12.0)]  # fmt: skip
+    own = own_sqnr(view, errors)
+    assert own["conv2d"] == pytest.approx(45.0)
+    assert own["relu"] == pytest.approx(-10 * math.log10(10**-4 - 10**-4.5))
+    assert own["conv2d_1"] == pytest.approx(-10 * math.log10(10**-1 - 10**-4))
+    assert own["relu_1"] == math.inf  # less relative noise than its input: adds none
+    assert set(own) == {"conv2d", "relu", "conv2d_1", "relu_1"}
+
+
+def test_own_sqnr_points_at_a_broken_node(
+    captured: dict[str, CapturedModel], digits_data: Dataset, view: GraphView
+) -> None:
+    """int4 on conv2d_1: everything after it has a low SQNR (conv2d_1 is 11th of 13 by SQNR),
+    but by own SQNR it is among the two worst, far below the int8 convs around it."""
+    from workbench.pipeline import exported_stage
+
+    broken = QuantSetting(weight_dtype="int4", activation_dtype="int4",
+                          weight_granularity="per_tensor",
+                          activation_scheme="symmetric")  # fmt: skip
+    model = captured["digits_cnn"]
+    recipe = set_override(Recipe(), "node", "conv2d_1", broken)
+    converted = convert(calibrate(prepare(model, recipe), digits_data, batches=4)).graph_module
+    errors = compare(exported_stage(model).graph_module, converted, digits_data).errors
+    by_sqnr = [e.exported for e in worst_first(list(errors))]
+    assert by_sqnr.index("conv2d_1") >= 8
+    own = own_sqnr(view, errors)
+    ranked = sorted(own, key=own.get)  # type: ignore[arg-type]
+    assert "conv2d_1" in ranked[:2]
+    assert own["conv2d_1"] < own["conv2d"] - 25

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import streamlit as st
@@ -18,6 +19,7 @@ from workbench.charts import (
 from workbench.compare import (
     Comparison,
     activation_grid,
+    own_sqnr,
     weight_channels,
     weight_nodes,
     worst_first,
@@ -53,7 +55,7 @@ def comparison_section(state: AppState, converted: Converted) -> None:
     cols[3].metric("Converted in", f"{converted.stages['converted'].seconds:.2f} s")
     tabs = st.tabs(["SQNR per node", "Activations", "Weights", "Sensitivity"])
     with tabs[0]:
-        _sqnr_tab(c)
+        _sqnr_tab(state, c)
     with tabs[1]:
         _activation_tab(converted)
     with tabs[2]:
@@ -62,12 +64,17 @@ def comparison_section(state: AppState, converted: Converted) -> None:
         sensitivity_section(state, converted)
 
 
-def sqnr_table(errors: tuple[NodeError, ...] | list[NodeError]) -> pd.DataFrame:
+def _db(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def sqnr_table(errors: Sequence[NodeError], own: Mapping[str, float]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
                 "node": e.exported,
-                "SQNR (dB)": e.sqnr_db if math.isfinite(e.sqnr_db) else None,
+                "SQNR (dB)": _db(e.sqnr_db),
+                "own SQNR (dB)": _db(own.get(e.exported, math.nan)),
                 "max |error|": e.max_abs_error,
                 "int8 node": e.node,
                 "float reference": e.reference + (" (BN folded)" if e.bn_folded else ""),
@@ -78,15 +85,19 @@ def sqnr_table(errors: tuple[NodeError, ...] | list[NodeError]) -> pd.DataFrame:
     )
 
 
-def _sqnr_tab(c: Comparison) -> None:
+def _sqnr_tab(state: AppState, c: Comparison) -> None:
     st.plotly_chart(sqnr_bar_figure(c.errors), key="cmp-sqnr")
     after_qat = " (its trained weights: the quantization error alone)" * (
         c.reference == "float model after QAT"
     )  # fmt: skip
     st.caption(f"Each node's int8 output against the {c.reference}{after_qat}, on one "
                "evaluation batch. A conv folded with its BatchNorm is compared with the float "
-               "BatchNorm output. The Graph page colours nodes by these numbers.")  # fmt: skip
-    st.dataframe(sqnr_table(c.errors), hide_index=True, width="stretch")
+               "BatchNorm output. The Graph page colours nodes by these numbers. A node's "
+               "SQNR includes the error of everything before it; *own SQNR* estimates what "
+               "the node itself adds (empty: nothing measurable).")  # fmt: skip
+    assert state.view is not None
+    own = own_sqnr(state.view, c.errors)
+    st.dataframe(sqnr_table(c.errors, own), hide_index=True, width="stretch")
 
 
 def _activation_tab(converted: Converted) -> None:
@@ -123,15 +134,17 @@ def sensitivity_section(state: AppState, converted: Converted) -> None:
     candidates = [
         name for name, eff in state.effective().items() if not eff.setting.keep_float
     ]  # fmt: skip
-    by_sqnr = [e.exported for e in worst_first(list(converted.comparison.errors))]
-    ranked = [n for n in dict.fromkeys(by_sqnr) if n in candidates]
-    ranked += [n for n in candidates if n not in ranked]
+    assert state.view is not None
+    own = own_sqnr(state.view, converted.comparison.errors)
+    # The nodes that add the most error first; nodes without a measurement last.
+    ranked = sorted(candidates, key=lambda n: own.get(n, math.inf))
     st.caption(f"Each measured node is kept float in its own PTQ run (prepare, calibrate 4 "
                f"batches, convert, evaluate; PTQ for a QAT recipe too, to stay quick). "
                f"{len(candidates)} nodes are quantized now.")  # fmt: skip
     cols = st.columns([2, 1, 1, 2])
-    count = int(cols[0].number_input("Measure the worst nodes by SQNR", 1, max(1, len(ranked)),
-                                      min(8, max(1, len(ranked))), key="sens-count"))  # fmt: skip
+    count = int(cols[0].number_input("Measure the nodes adding most error", 1, max(1, len(ranked)),
+                                      min(16, max(1, len(ranked))), key="sens-count",
+                                      help="Ordered by own SQNR (see the SQNR tab)."))  # fmt: skip
     if cols[1].button("Run sensitivity", type="primary", disabled=not ranked):
         st.session_state[ADDED_KEY] = None
         _run_sensitivity(state, ranked[:count])

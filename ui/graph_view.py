@@ -159,7 +159,10 @@ def legend(colours: dict[str, str]) -> None:
 
 
 def node_details(
-    node: NodeInfo, effective: Effective | None = None, error: NodeError | None = None
+    node: NodeInfo,
+    effective: Effective | None = None,
+    error: NodeError | None = None,
+    own_db: float | None = None,
 ) -> None:
     """The detail panel for one node: op, module, shapes, parameters, source, annotation,
     and its int8 error once a model is converted."""
@@ -187,5 +190,8 @@ def node_details(
         db = f"{error.sqnr_db:.1f} dB" if math.isfinite(error.sqnr_db) else "exact"
         against = f"`{error.reference}`" + (" (BatchNorm folded in)" if error.bn_folded else "")
         output = "its quantized output" if error.quantized else "its output"
-        st.markdown(f"**SQNR {db}** · max |error| {error.max_abs_error:.4g}  \n"
+        own = "" if own_db is None else (
+            f" · own {own_db:.1f} dB" if math.isfinite(own_db) else " · adds no error"
+        )  # fmt: skip
+        st.markdown(f"**SQNR {db}**{own} · max |error| {error.max_abs_error:.4g}  \n"
                     f"{output} (`{error.compared}`) against float {against}")  # fmt: skip

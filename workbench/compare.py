@@ -125,6 +125,44 @@ def sqnr_colours(
     }
 
 
+def own_sqnr(view: GraphView, errors: Iterable[NodeError]) -> dict[str, float]:
+    """Each measured node's own share of the error, as an SQNR in dB (higher is better).
+
+    A node's SQNR measures the error accumulated up to its output, so every node after a bad
+    one looks bad too. Treating quantization noise as additive, the noise a node adds is its
+    output's relative noise power less the worst of its inputs':
+    own = -10 log10(10^(-out/10) - 10^(-in/10)), +inf when it adds none (a relu or a pool
+    often lowers the relative noise). Graph inputs and parameters are exact; an unmeasured
+    node (a folded batch_norm) passes its inputs' SQNR on. A layer that amplifies its
+    input's noise is charged for it, so this is a ranking aid, not an exact split.
+    """
+    by_node = {name: e.sqnr_db for name, e in sqnr_by_node(errors).items()}
+    memo: dict[str, float] = {}
+
+    def reaching(name: str) -> float:
+        """SQNR of the tensor `name` produces (exact for inputs and parameters)."""
+        if name in by_node:
+            return by_node[name]
+        if name not in memo:
+            memo[name] = math.inf  # guards cycles; graphs are acyclic
+            inputs = view[name].inputs if name in view else ()
+            memo[name] = min((reaching(i) for i in inputs), default=math.inf)
+        return memo[name]
+
+    own: dict[str, float] = {}
+    for name, out in by_node.items():
+        inputs = view[name].inputs if name in view else ()
+        before = min((reaching(i) for i in inputs), default=math.inf)
+        added = _noise(out) - _noise(before)
+        own[name] = -10.0 * math.log10(added) if added > 0 else math.inf
+    return own
+
+
+def _noise(db: float) -> float:
+    """Relative noise power of an SQNR in dB (0 for exact, inf for NaN)."""
+    return math.inf if math.isnan(db) else 10.0 ** (-db / 10.0)
+
+
 @dataclass(frozen=True)
 class ActivationGrid:
     """Float activations of one node and the int grid its converted output is quantized on."""
