@@ -465,3 +465,43 @@ def test_sensitivity_finds_a_broken_node_and_one_click_keeps_it_float(workspace:
     assert state.workspace.load_recipe(state.spec) == state.recipe
     assert any("The recipe changed since this model was converted" in w.value
                for w in at.warning)  # fmt: skip
+
+
+def test_a_checkpointed_run_resumes_in_a_new_session_to_the_uninterrupted_result(
+    workspace: Path,
+) -> None:
+    """A run checkpointed at step 5 of 9 (then the server went away) resumes from the page in
+    a new session and ends bit-identical to an uninterrupted run."""
+    import torch
+
+    from ui.training import _checkpoint_folder, _run_meta
+    from workbench.pipeline import QatConfig, exported_stage, prepare, train_qat
+    from workbench.runner import QatRun
+
+    at = _open_qat("train")
+    state = _state(at)
+    config = QatConfig(steps=9, batch_size=16, freeze_bn_step=6, freeze_observer_step=7)
+    teacher = exported_stage(state.captured).graph_module
+    first = QatRun(prepare(state.captured, state.recipe), state.data(), config, teacher=teacher,
+                   eval_every=3, checkpoint_dir=_checkpoint_folder(state), checkpoint_every=1,
+                   meta=_run_meta(state, 3))  # fmt: skip
+    for _ in range(5):
+        first.step()
+
+    at = _open("train")  # a new session: the autosaved QAT recipe comes back, the run does not
+    state = _state(at)
+    assert state.recipe.mode == "qat" and state.qat_run is None
+    next(b for b in at.button if b.label == "Resume checkpoint (step 5 of 9)").click().run()
+    assert not at.exception and not at.error
+    run = state.qat_run
+    assert run.done and [r["step"] for r in run.history] == [3, 6, 9]
+    expected = train_qat(prepare(state.captured, state.recipe), state.data(), config,
+                         teacher=teacher).graph_module.state_dict()  # fmt: skip
+    got = run.model.state_dict()
+    assert expected.keys() == got.keys()
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+    # Another recipe does not offer that checkpoint.
+    state.set_recipe(dataclasses.replace(state.recipe, backend="xnnpack"))
+    state.qat_run = None
+    at.run()
+    assert not [b for b in at.button if b.label.startswith(("Resume checkpoint", "Load check"))]

@@ -280,7 +280,9 @@ def test_nan_loss_raises_training_error(build: Any) -> None:
     before = snapshot(prepared.graph_module)
     with pytest.raises(TrainingError) as info:
         train_qat(prepared, built["data"], QatConfig(steps=20, lr=1e10))
-    assert info.value.problem == "The training loss became nan at step 3."
+    assert info.value.problem == (
+        "The training loss became nan at step 3; the model was restored to step 0."
+    )
     assert "Lower the learning rate" in info.value.fix
     assert_same(before, prepared.graph_module)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from pathlib import Path
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from ui.state import AppState, Converted, Schedule, Tuned
 from workbench.charts import (
@@ -25,7 +27,7 @@ from workbench.pipeline import (
     prepare,
     trained_float,
 )
-from workbench.runner import QatRun
+from workbench.runner import CHECKPOINT_NAME, QatRun
 
 REDRAW_SECONDS = 0.5  # while training, the live charts are redrawn this often
 PROGRESS_SECONDS = 0.1  # the progress bar is updated at most this often
@@ -55,7 +57,7 @@ def qat_section(state: AppState) -> Tuned | None:
                               placeholder=f"auto: {int(steps * 0.6)} (60 %)")  # fmt: skip
     obs = cols[2].number_input("Freeze observers after step", 0, 100_000, None, key="qat-obs",
                                placeholder=f"auto: {int(steps * 0.8)} (80 %)")  # fmt: skip
-    buttons = st.columns([1, 1, 1, 5])
+    buttons = st.columns([1, 3, 1, 3])
     if buttons[0].button("Start", type="primary"):
         config = QatConfig(steps=steps, batch_size=batch, lr=lr, optimizer=optimizer,
                            freeze_bn_step=None if bn is None else int(bn),
@@ -68,6 +70,9 @@ def qat_section(state: AppState) -> Tuned | None:
         state.converted = None
     run = state.qat_run
     resume = run is not None and not run.done and buttons[1].button("Resume")
+    if run is None:
+        run = _checkpointed_run(state, buttons[1])
+        resume = run is not None
     if buttons[2].button("Reset", disabled=run is None):
         state.qat_run = state.converted = None
         st.rerun()
@@ -123,13 +128,52 @@ def trained_schedule(run: QatRun) -> Schedule:
     return Schedule(run.step_count, config.batch_size, run.data.spec, config)
 
 
+def _checkpoint_folder(state: AppState) -> Path:
+    return state.workspace.folder / "checkpoints" / re.sub(r"\W+", "_", state.spec or "")
+
+
+def _run_meta(state: AppState, eval_every: int) -> dict[str, str | int | float]:
+    """What a checkpoint must match to be resumed here: model, recipe, data, eval interval."""
+    return {"spec": state.spec or "", "recipe": state.recipe.to_json(),
+            "data": state.data().spec, "eval_every": eval_every}  # fmt: skip
+
+
 def _new_run(state: AppState, config: QatConfig, eval_every: int) -> QatRun:
     captured = state.captured
     assert captured is not None
-    folder = state.workspace.folder / "checkpoints" / re.sub(r"\W+", "_", state.spec or "")
     return QatRun(prepare(captured, state.recipe), state.data(), config,
                   teacher=exported_stage(captured).graph_module, eval_every=eval_every,
-                  checkpoint_dir=folder)  # fmt: skip
+                  checkpoint_dir=_checkpoint_folder(state),
+                  meta=_run_meta(state, eval_every))  # fmt: skip
+
+
+def _checkpointed_run(state: AppState, place: DeltaGenerator) -> QatRun | None:
+    """Offer to resume the workspace's checkpoint of this model and recipe (a run of an
+    earlier session or server); the resumed run when the button is clicked."""
+    folder = _checkpoint_folder(state)
+    found = QatRun.peek(folder / CHECKPOINT_NAME)
+    if found is None or not found["meta"] or not found["step"]:
+        return None
+    meta, settings = found["meta"], found["settings"]
+    if meta != _run_meta(state, int(meta.get("eval_every", 0))):
+        return None  # another recipe or data: Start trains afresh
+    step, steps = int(found["step"]), int(settings["steps"])
+    label = (f"Resume checkpoint (step {step} of {steps})" if step < steps
+             else f"Load checkpoint ({steps} steps, done)")  # fmt: skip
+    if not place.button(label, help=f"Saved in {folder}"):
+        return None
+    captured = state.captured
+    assert captured is not None
+    try:
+        run = QatRun.resume(folder / CHECKPOINT_NAME, prepare(captured, state.recipe),
+                            state.data(), QatRun.config_of(settings),
+                            teacher=exported_stage(captured).graph_module,
+                            eval_every=int(meta["eval_every"]), checkpoint_dir=folder)  # fmt: skip
+    except WorkbenchError as exc:
+        show_error(exc)
+        return None
+    state.qat_run, state.converted = run, None
+    return run
 
 
 class LiveCharts:

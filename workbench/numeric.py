@@ -49,6 +49,7 @@ import torch
 from torch.fx import GraphModule, Interpreter, Node
 
 from workbench.graph import op_family, readable_op
+from workbench.locks import EXPORT_LOCK
 
 __all__ = ["NodeError", "per_node_sqnr", "record_outputs", "sqnr"]
 
@@ -85,7 +86,7 @@ class _Recorder(Interpreter):
 def record_outputs(gm: GraphModule, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     """Run `gm` on `inputs` (no grad, mode untouched) and return every node's output by name."""
     recorder = _Recorder(gm)
-    with torch.no_grad():
+    with torch.no_grad(), EXPORT_LOCK:  # results do not depend on other work (locks.py)
         recorder.run(*inputs)
     return recorder.values
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e import (
     disable_observer,
     move_exported_model_to_eval,
-    move_exported_model_to_train,
 )
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
@@ -164,56 +162,13 @@ def train_qat(
 
     `teacher` (the float model) supplies targets when the data has none. With
     `record_ranges`, every fake quantizer's scale, zero point and min/max after each step
-    are kept in the returned stage's `ranges`.
+    are kept in the returned stage's `ranges`. One uninterrupted `runner.QatRun`, evaluating
+    every `config.eval_every` steps (0: never).
     """
-    if data.quality == "agreement" and teacher is None:
-        raise ValueError("data without targets needs the float model as teacher")
-    torch.manual_seed(config.seed)
-    model = stage.copy_module()
-    with EXPORT_LOCK:
-        move_exported_model_to_train(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer: torch.optim.Optimizer = (
-        torch.optim.Adam(params, lr=config.lr)
-        if config.optimizer == "adam"
-        else torch.optim.SGD(params, lr=config.lr, momentum=0.9)
-    )
-    history: list[dict[str, Any]] = []
-    recorder = RangeRecorder(model, config.steps) if record_ranges else None
-    start = time.perf_counter()
-    step = 0
-    batches = data.train_batches(config.batch_size, seed=config.seed)
-    for step in range(1, config.steps + 1):
-        if should_stop is not None and should_stop():
-            step -= 1
-            break
-        if step > config.bn_freeze_at:
-            freeze_bn_(model)
-        if step == config.observer_freeze_at + 1:
-            model.apply(disable_observer)
-        inputs, targets = next(batches)
-        loss = _loss(model, inputs, targets, data, teacher)
-        if not math.isfinite(loss.item()):
-            raise TrainingError(
-                f"The training loss became {loss.item()} at step {step}.",
-                "Lower the learning rate (e.g. --lr 1e-4) or check the data for extreme values.",
-            )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if recorder is not None:
-            recorder.record(step)
-        record = {"stage": "train", "step": step, "loss": float(loss.item())}
-        history.append(record)
-        if progress is not None:
-            progress(step, config.steps, record)
-    with EXPORT_LOCK:
-        move_exported_model_to_eval(model)
-    notes = () if step == config.steps else (f"training stopped after {step} of {config.steps}",)
-    return Stage(
-        "trained", model, f"QAT: {step} steps of {config.batch_size} from {data.spec}",
-        time.perf_counter() - start, stage.recipe, stage.applied, notes, tuple(history), recorder,
-    )  # fmt: skip
+    from workbench.runner import QatRun  # the runner builds on this module
+
+    run = QatRun(stage, data, config, teacher=teacher, record_ranges=record_ranges)
+    return run.run(progress=progress, should_stop=should_stop).stage()
 
 
 def freeze_bn_(model: GraphModule) -> None:
@@ -261,9 +216,13 @@ def trained_float(exported: Stage, trained: Stage) -> GraphModule:
 
 
 def run(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Call a captured/prepared/converted module and return its first output tensor."""
+    """Call a captured/prepared/converted module and return its first output tensor.
+
+    The call holds the process-wide lock (locks.py): results do not depend on other work.
+    """
     try:
-        out = model(*inputs)
+        with EXPORT_LOCK:
+            out = model(*inputs)
     except (RuntimeError, AssertionError) as exc:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
         raise InputShapeError(

@@ -1,9 +1,9 @@
 """A resumable QAT run: step by step, with evaluations, checkpoints and a NaN guard.
 
-`QatRun` trains a copy of a QAT-prepared stage exactly as `pipeline.train_qat` does (same seed,
-same batches, BN freeze and observer freeze on the same schedule) but one step at a time, so
-the app can show progress, stop within a step, evaluate every `eval_every` steps and save
-checkpoints that a later process resumes from with bit-identical results.
+`QatRun` trains a copy of a QAT-prepared stage one step at a time (seeded batches, BN freeze
+and observer freeze on the config's schedule), so the app can show progress, stop within a
+step, evaluate every `eval_every` steps and save checkpoints that a later process resumes
+from with bit-identical results; `pipeline.train_qat` is one uninterrupted run.
 
 Checkpoints are files this runner wrote with `torch.save`: model state_dict, optimizer state,
 step, RNG states, loss and evaluation history and the range recorder's buffers. They are read
@@ -79,6 +79,7 @@ class QatRun:
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 10,
         record_ranges: bool = True,
+        meta: dict[str, str | int | float] | None = None,
     ) -> None:
         if data.quality == "agreement" and teacher is None:
             raise ValueError("data without targets needs the float model as teacher")
@@ -92,6 +93,7 @@ class QatRun:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every = checkpoint_every
         self.record_ranges = record_ranges
+        self.meta = dict(meta or {})  # saved with each checkpoint: what the caller needs to resume
         self.seconds = 0.0
         self.stopped = False
         torch.manual_seed(config.seed)
@@ -152,6 +154,7 @@ class QatRun:
             "losses": self.losses.clone(),
             "history": copy.deepcopy(self.history),
             "recorder": recorder,
+            "meta": dict(self.meta),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -184,6 +187,7 @@ class QatRun:
         random.setstate(_python_rng(state["python_rng"]))
         self.losses.copy_(state["losses"])
         self.history = copy.deepcopy(list(state["history"]))
+        self.meta = dict(state.get("meta") or self.meta)
         if self.recorder is not None and state["recorder"] is not None:
             saved = state["recorder"]
             self.recorder._buffer.copy_(saved["buffer"])
@@ -247,6 +251,27 @@ class QatRun:
         run._good = run.state()
         return run
 
+    @staticmethod
+    def peek(path: str | Path) -> dict[str, Any] | None:
+        """{"settings", "step", "meta"} of a checkpoint this runner wrote; None if unreadable."""
+        try:
+            state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            return None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            return None
+        return {key: state.get(key) for key in ("settings", "step", "meta")}
+
+    @staticmethod
+    def config_of(settings: dict[str, Any]) -> QatConfig:
+        """The QatConfig a checkpoint's settings were written with (freeze steps explicit)."""
+        return QatConfig(
+            steps=int(settings["steps"]), batch_size=int(settings["batch_size"]),
+            lr=float(settings["lr"]), optimizer=str(settings["optimizer"]),
+            freeze_bn_step=int(settings["bn_freeze_at"]),
+            freeze_observer_step=int(settings["observer_freeze_at"]), seed=int(settings["seed"]),
+        )  # fmt: skip
+
     # --- training --------------------------------------------------------------------------
 
     def step(self) -> dict[str, Any]:
@@ -260,8 +285,13 @@ class QatRun:
         if step == self.config.observer_freeze_at + 1:
             self.model.apply(disable_observer)
         inputs, targets = next(self._batches)
-        loss = _loss(self.model, inputs, targets, self.data, self.teacher)
-        value = float(loss.item())
+        with EXPORT_LOCK:  # the whole step: results do not depend on other work (locks.py)
+            loss = _loss(self.model, inputs, targets, self.data, self.teacher)
+            value = float(loss.item())
+            if math.isfinite(value):
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
         if not math.isfinite(value):
             good = int(self._good["step"])
             self.load_state(self._good)
@@ -276,15 +306,12 @@ class QatRun:
                 f"Lower the learning rate (now {self.config.lr:g}, e.g. to "
                 f"{self.config.lr / 10:g}) or check the data for extreme values.",
             )
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
         if self.recorder is not None:
             self.recorder.record(step)
         self.losses[step - 1] = value
         self.step_count = step
         record: dict[str, Any] = {"stage": "train", "step": step, "loss": value}
-        if (self.eval_every > 0 and step % self.eval_every == 0) or self.done:
+        if self.eval_every > 0 and (step % self.eval_every == 0 or self.done):
             record["eval"] = self.evaluate()
         if step % self.checkpoint_every == 0 or self.done:
             self._good = self.state()
