@@ -8,8 +8,12 @@ from workbench.errors import WorkbenchError
 
 state = loaded_state()
 st.title(f"Diff · {state.spec}")
+if state.current() is not None:
+    source = "the model converted on Train & convert"
+else:
+    source = "a quick preview on the default data (convert on Train & convert to see yours)"
 st.caption(f"{state.recipe.mode.upper()} with {state.recipe.backend} (set on the Recipe page); "
-           "stages are a quick preview on the default data.")  # fmt: skip
+           f"stages of {source}.")  # fmt: skip
 try:
     with st.spinner("Preparing, calibrating and converting…"):
         stages = state.stages()

@@ -8,6 +8,7 @@ tensors allocated up front; building Python dicts per step would cost more than 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.fx import GraphModule
@@ -105,6 +106,16 @@ class RangeRecorder:
             torch.cat(self._sources(), out=self._buffer[self.count])
         self.steps[self.count] = step
         self.count += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of everything recorded so far (plain tensors and an int, for checkpoints)."""
+        return {"buffer": self._buffer.clone(), "steps": self.steps.clone(), "count": self.count}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Go back to a `snapshot` of this recorder or of one over the same quantizers."""
+        self._buffer.copy_(snapshot["buffer"])
+        self.steps.copy_(snapshot["steps"])
+        self.count = int(snapshot["count"])
 
     def series(self, name: str, field: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(steps, values[steps, channels]) of one field of one fake quantizer so far."""

@@ -135,13 +135,6 @@ class QatRun:
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue this run, as cloned tensors and plain values."""
-        recorder = None
-        if self.recorder is not None:
-            recorder = {
-                "buffer": self.recorder._buffer.clone(),
-                "steps": self.recorder.steps.clone(),
-                "count": self.recorder.count,
-            }
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -153,7 +146,7 @@ class QatRun:
             "python_rng": random.getstate(),
             "losses": self.losses.clone(),
             "history": copy.deepcopy(self.history),
-            "recorder": recorder,
+            "recorder": self.recorder.snapshot() if self.recorder is not None else None,
             "meta": dict(self.meta),
         }
 
@@ -189,10 +182,7 @@ class QatRun:
         self.history = copy.deepcopy(list(state["history"]))
         self.meta = dict(state.get("meta") or self.meta)
         if self.recorder is not None and state["recorder"] is not None:
-            saved = state["recorder"]
-            self.recorder._buffer.copy_(saved["buffer"])
-            self.recorder.steps.copy_(saved["steps"])
-            self.recorder.count = int(saved["count"])
+            self.recorder.restore(state["recorder"])
         for _ in range(step):  # the batch stream is a pure function of the seed and position
             next(self._batches)
         self.step_count = step
@@ -367,9 +357,7 @@ class QatRun:
         recorder = None
         if self.recorder is not None:
             recorder = RangeRecorder(model, self.recorder.capacity)
-            recorder._buffer.copy_(self.recorder._buffer)
-            recorder.steps.copy_(self.recorder.steps)
-            recorder.count = self.recorder.count
+            recorder.restore(self.recorder.snapshot())
         total = self.config.steps
         notes = () if self.done else (f"training stopped after {self.step_count} of {total}",)
         return Stage(
