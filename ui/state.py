@@ -95,6 +95,7 @@ class AppState:
     sensitivity: tuple[str, SensitivityProgress] | None = None  # (recipe JSON, search state)
     _effective: tuple[str, dict[str, Effective]] | None = None
     _float_quality: float | None = None
+    _data: Dataset | None = None
     _rendered: dict[int | None, Rendered] = field(default_factory=dict)
     _stages: tuple[str, dict[str, Stage]] | None = None
     _views: dict[tuple[str, str], GraphView] = field(default_factory=dict)
@@ -122,10 +123,13 @@ class AppState:
         return None
 
     def data(self) -> Dataset:
-        """The default data for the loaded model (digits for 1x8x8 inputs, else random)."""
+        """The default data for the loaded model (digits for 1x8x8 inputs, else random),
+        loaded once per model."""
         assert self.captured is not None
-        inputs = self.captured.example_inputs
-        return load_data(default_data_spec(inputs), inputs)
+        if self._data is None:
+            inputs = self.captured.example_inputs
+            self._data = load_data(default_data_spec(inputs), inputs)
+        return self._data
 
     def float_quality(self) -> float:
         """Quality of the float (exported) model on the default data, computed once."""
@@ -253,7 +257,7 @@ def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None =
     state.selected, state._effective, state._rendered = None, None, {}
     state.diff_selected, state._stages, state._views = None, None, {}
     state.exported_build = state.qat_run = state.calibrated = None
-    state.converted = state.sensitivity = state._float_quality = None
+    state.converted = state.sensitivity = state._float_quality = state._data = None
     state.recipe, state.notice = Recipe(), None
     saved = state.workspace.load_recipe(spec)
     if saved is not None:

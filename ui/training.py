@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -40,10 +41,11 @@ def show_error(exc: WorkbenchError) -> None:
 # --- QAT -------------------------------------------------------------------------------------
 
 
-def qat_section(state: AppState) -> Tuned | None:
+def qat_section(state: AppState) -> Callable[[], Tuned] | None:
     """Settings, Start/Resume/Reset and live charts; trains in this script run.
 
-    Returns the prepared and trained stages and how they were made once the run is complete.
+    Once the run has steps (complete or stopped), returns what makes the prepared and trained
+    stages and how they were made; the copy is made only when called (on Convert).
     """
     assert state.captured is not None
     cols = st.columns(4)
@@ -112,7 +114,7 @@ def qat_section(state: AppState) -> Tuned | None:
         return None
     if not run.done:
         st.caption(f"Convert uses the model as it is at step {run.step_count}.")
-    return Tuned(run.source, run.stage(), trained_schedule(run))
+    return lambda: Tuned(run.source, run.stage(), trained_schedule(run))
 
 
 def trained_schedule(run: QatRun) -> Schedule:
@@ -227,7 +229,7 @@ class LiveCharts:
 # --- PTQ -------------------------------------------------------------------------------------
 
 
-def ptq_section(state: AppState) -> Tuned | None:
+def ptq_section(state: AppState) -> Callable[[], Tuned] | None:
     """Calibration settings and button; returns the prepared and calibrated stages."""
     assert state.captured is not None
     cols = st.columns([1, 1, 4])
@@ -257,13 +259,14 @@ def ptq_section(state: AppState) -> Tuned | None:
         st.warning("The recipe changed since this calibration: calibrate again.")
         return None
     st.caption(f"{stage.created_by} ({stage.seconds:.2f} s)")
-    return state.calibrated
+    calibrated = state.calibrated
+    return lambda: calibrated
 
 
 # --- convert ---------------------------------------------------------------------------------
 
 
-def convert_section(state: AppState, source: Tuned) -> None:
+def convert_section(state: AppState, tuned: Callable[[], Tuned]) -> None:
     """Convert the tuned stage and measure it against float; the result goes to the state."""
     current = state.current()
     label = "Convert again" if current is not None else "Convert"
@@ -272,6 +275,7 @@ def convert_section(state: AppState, source: Tuned) -> None:
     assert state.captured is not None
     bar = st.progress(0.0, text="Converting (convert_pt2e)…")
     try:
+        source = tuned()
         exported = exported_stage(state.captured)
         converted = convert(source.tuned)
         bar.progress(0.5, text="Measuring int8 against float…")
