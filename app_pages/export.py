@@ -8,6 +8,7 @@ from ui.state import loaded_state
 from workbench.data import load_data
 from workbench.errors import WorkbenchError
 from workbench.flow import export_stages, reproduce_command
+from workbench.latency import measure_latency
 
 state = loaded_state()
 captured = state.captured
@@ -59,3 +60,39 @@ assert state.spec is not None
 st.code(reproduce_command(state.spec, "recipe.json", mode, schedule.data_spec, schedule.steps,
                           schedule.batch_size, schedule.qat),
         language="bash", wrap_lines=True)  # fmt: skip
+
+st.markdown("**Latency on this CPU** (optional)")
+st.caption("Both models lowered with torch.compile(dynamic=False): Inductor turns the int8 "
+           "q/dq graph into int8 kernels. Compiling takes from seconds to a minute, and other "
+           "sessions wait meanwhile.")  # fmt: skip
+cols = st.columns([1, 1, 3])
+batch = int(cols[0].number_input("Batch", 1, 4096, 256, key="latency-batch"))
+if cols[1].button("Measure latency"):
+    stages = state.stages()
+    data = state.data()
+    inputs = next(iter(data.eval_batches(batch)))[0]
+    if inputs[0].shape[0] < batch:  # a small evaluation split: repeat it up to the batch
+        inputs = tuple(t.repeat(-(-batch // t.shape[0]), *[1] * (t.dim() - 1))[:batch]
+                       for t in inputs)  # fmt: skip
+    status = st.status("Measuring latency…", expanded=True)
+    try:
+        state.latency = (state.stages_key(), measure_latency(
+            stages["exported"].graph_module, stages["converted"].graph_module, inputs,
+            progress=status.write))  # fmt: skip
+        status.update(label="Latency measured", state="complete", expanded=False)
+    except WorkbenchError as exc:
+        status.update(label="Latency not measured", state="error")
+        st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
+key, latency = state.latency or ("", None)
+if latency is not None and key == state.stages_key():
+    cols = st.columns(4)
+    cols[0].metric("int8, compiled", f"{latency.int8_ms:.2f} ms",
+                   f"eager reference {latency.int8_eager_ms:.1f} ms", delta_color="off",
+                   delta_arrow="off")  # fmt: skip
+    cols[1].metric("float, compiled", f"{latency.float_ms:.2f} ms",
+                   f"eager {latency.float_eager_ms:.1f} ms", delta_color="off",
+                   delta_arrow="off")  # fmt: skip
+    cols[2].metric("int8 speed-up", f"{latency.speedup:.2f}x")
+    cols[3].metric("Compiled int8 vs reference", f"max |diff| {latency.max_abs_diff:.3g}")
+    st.caption(f"Median of 20 calls at batch {latency.batch}, {latency.threads} threads; "
+               f"compiling both took {latency.compile_seconds:.1f} s.")  # fmt: skip

@@ -259,6 +259,32 @@ def bench_export(rows: list[Row]) -> None:
     )
 
 
+def bench_latency(rows: list[Row], batches: list[int]) -> None:
+    """Converted digits CNN against float, both lowered with torch.compile(dynamic=False)."""
+    from workbench.capture import capture
+    from workbench.data import load_data
+    from workbench.latency import measure_latency
+    from workbench.pipeline import calibrate, convert, exported_stage, prepare
+    from workbench.recipe import Recipe
+
+    captured = capture("sample:digits_cnn")
+    data = load_data("digits", captured.example_inputs)
+    converted = convert(calibrate(prepare(captured, Recipe()), data, batches=8)).graph_module
+    float_gm = exported_stage(captured).graph_module
+    for batch in batches:
+        x = data.eval_inputs[0].repeat(-(-batch // data.eval_size), 1, 1, 1)[:batch]
+        latency = measure_latency(float_gm, converted, (x,))
+        rows.append(
+            Row(
+                f"compiled latency at batch {batch}, digits CNN int8 vs float",
+                f"{latency.int8_ms:.2f} ms (eager q/dq {latency.int8_eager_ms:.1f} ms)",
+                f"{latency.float_ms:.2f} ms float compiled",
+                f"{latency.int8_ms / latency.float_ms:.2f}",
+                "< 1",
+            )
+        )
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     with open("/proc/cpuinfo") as handle:
@@ -295,6 +321,7 @@ def main() -> None:
     steps: list[tuple[str, Callable[[], None]]] = [
         ("graphs", lambda: bench_graphs(rows, sizes)),
         ("export", lambda: bench_export(rows)),
+        ("latency", lambda: bench_latency(rows, [64] if args.quick else [64, 512])),
         ("recording", lambda: bench_recording(rows, 4 if args.quick else 8)),
         ("oneshot", lambda: bench_oneshot(rows, 2 if args.quick else 3)),
         ("repeat", lambda: bench_repeat(rows, 3 if args.quick else 5)),

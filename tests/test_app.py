@@ -505,3 +505,28 @@ def test_a_checkpointed_run_resumes_in_a_new_session_to_the_uninterrupted_result
     state.qat_run = None
     at.run()
     assert not [b for b in at.button if b.label.startswith(("Resume checkpoint", "Load check"))]
+
+
+def test_export_page_measures_compiled_latency(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's latency section (torch.compile's eager backend here: tests/test_latency.py
+    compiles with Inductor)."""
+    import functools
+
+    import workbench.latency
+
+    monkeypatch.setattr(workbench.latency, "measure_latency",
+                        functools.partial(workbench.latency.measure_latency, backend="eager",
+                                          repeats=2, warmup=0))  # fmt: skip
+    at = _open("export")
+    at.number_input(key="latency-batch").set_value(500).run()  # more than the 360 eval images
+    next(b for b in at.button if b.label == "Measure latency").click().run()
+    assert not at.exception and not at.error
+    state = _state(at)
+    key, latency = state.latency
+    assert key == state.stages_key() and latency.batch == 500 and latency.backend == "eager"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["int8, compiled"] == f"{latency.int8_ms:.2f} ms"
+    assert metrics["int8 speed-up"] == f"{latency.speedup:.2f}x"
+    assert any("at batch 500" in c.value for c in at.caption)

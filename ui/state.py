@@ -24,6 +24,7 @@ from workbench.data import Dataset, default_data_spec, load_data
 from workbench.errors import WorkbenchError
 from workbench.flow import BuildResult
 from workbench.graph import GraphView, describe
+from workbench.latency import Latency
 from workbench.pattern_cache import install_pattern_cache, warm_pattern_cache
 from workbench.pipeline import (
     QatConfig,
@@ -93,6 +94,7 @@ class AppState:
     calibrated: Tuned | None = None  # the Train & convert page's PTQ calibration
     converted: Converted | None = None  # what that page converted last
     sensitivity: tuple[str, SensitivityProgress] | None = None  # (recipe JSON, search state)
+    latency: tuple[str, Latency] | None = None  # (stages_key, the Export page's measurement)
     _effective: tuple[str, dict[str, Effective]] | None = None
     _float_quality: float | None = None
     _data: Dataset | None = None
@@ -258,6 +260,7 @@ def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None =
     state.diff_selected, state._stages, state._views = None, None, {}
     state.exported_build = state.qat_run = state.calibrated = None
     state.converted = state.sensitivity = state._float_quality = state._data = None
+    state.latency = None
     state.recipe, state.notice = Recipe(), None
     saved = state.workspace.load_recipe(spec)
     if saved is not None:
