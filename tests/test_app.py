@@ -405,7 +405,16 @@ def test_ptq_calibrate_convert_and_inspect_activations_and_weights(workspace: Pa
     at = _open("train")
     at.number_input(key="ptq-batches").set_value(4).run()
     next(b for b in at.button if b.label == "Calibrate").click().run()
-    assert "calibrate: 4 batches of 64 from digits" in at.caption[-1].value
+    assert any("calibrate: 4 batches of 64 from digits" in c.value for c in at.caption)
+    # What the observers saw, batch by batch: an activation's band, a weight's channels.
+    ranges = _state(at).calibrated.tuned.ranges
+    assert ranges.count == 4
+    at.selectbox(key="ptq-observer").set_value("activation_post_process_2").run()
+    assert _chart_titles(at) == ["Observed range of activation_post_process_2"]
+    weight = "activation_post_process_3"  # block1.conv1's weight, 16 channels
+    at.selectbox(key="ptq-observer").set_value(weight).run()
+    assert _chart_titles(at) == [f"Observed range of {weight}",
+                                 f"Per-channel range of {weight} at batch 4"]  # fmt: skip
     next(b for b in at.button if b.label == "Convert").click().run()
     assert not at.exception and not at.error
     state = _state(at)

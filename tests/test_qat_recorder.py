@@ -71,3 +71,40 @@ def test_train_qat_records_every_step(captured: dict[str, CapturedModel]) -> Non
     assert any(not torch.equal(r[0], r[3]) for r in ranges_over_time.values())
     for name, r in ranges_over_time.items():
         assert torch.equal(r[3], r[4]) and torch.equal(r[4], r[5]), name
+
+
+def test_calibration_records_every_observer_after_each_batch(
+    captured: dict[str, CapturedModel],
+) -> None:
+    """PTQ: bare observers (8 histogram, 5 per-channel weight) recorded batch by batch, min
+    and max only; the last record equals the buffers of the calibrated model."""
+    from workbench.pipeline import calibrate
+
+    cap = captured["digits_cnn"]
+    data = load_data("digits", cap.example_inputs)
+    prepared = prepare(cap, Recipe())
+    quantizers = fake_quantizers(prepared.graph_module)
+    assert sorted(q.channels for q in quantizers) == [1] * 8 + [10, 16, 16, 16, 32]
+    assert {q.input_node for q in quantizers if q.channels > 1} == {
+        "stem_conv_weight", "block1_conv1_weight", "block1_conv2_weight", "block2_conv_weight",
+        "fc_weight",
+    }  # fmt: skip
+    stage = calibrate(prepared, data, batches=4, record_ranges=True)
+    ranges = stage.ranges
+    assert ranges is not None and ranges.count == 4 and ranges.steps.tolist() == [1, 2, 3, 4]
+    for q in quantizers:
+        observer = stage.graph_module.get_submodule(q.name)
+        last = ranges.values[q.name][3]
+        assert torch.equal(last[:, 2], observer.min_val.flatten()), q.name
+        assert torch.equal(last[:, 3], observer.max_val.flatten()), q.name
+        assert torch.isnan(ranges.values[q.name][:, :, :2]).all()  # no scale before convert
+        _, low = ranges.series(q.name, "min")
+        _, high = ranges.series(q.name, "max")
+        if q.channels > 1:  # a weight does not change while calibrating
+            assert (low == low[0]).all() and (high == high[0]).all()
+        else:  # running min/max over the batches seen
+            assert (low[1:] <= low[:-1]).all() and (high[1:] >= high[:-1]).all()
+    # Without record_ranges nothing is recorded, and the calibration is the same.
+    plain = calibrate(prepared, data, batches=4)
+    assert plain.ranges is None
+    assert plain.graph_module.code == stage.graph_module.code

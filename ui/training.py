@@ -28,6 +28,7 @@ from workbench.pipeline import (
     prepare,
     trained_float,
 )
+from workbench.qat import FakeQuantInfo
 from workbench.runner import CHECKPOINT_NAME, QatRun
 
 REDRAW_SECONDS = 0.5  # while training, the live charts are redrawn this often
@@ -178,6 +179,17 @@ def _checkpointed_run(state: AppState, place: DeltaGenerator) -> QatRun | None:
     return run
 
 
+def pick_quantizer(quantizers: list[FakeQuantInfo], label: str, key: str) -> FakeQuantInfo:
+    """A selectbox of fake quantizers or observers, each with the node it reads."""
+    by_name = {q.name: q for q in quantizers}
+    labels = {
+        q.name: f"{q.name} · reads {q.input_node}"
+        + (f" · {q.channels} channels" if q.ch_axis is not None else "")
+        for q in quantizers
+    }
+    return by_name[st.selectbox(label, list(labels), format_func=labels.get, key=key)]
+
+
 class LiveCharts:
     """Loss, quality drift, a chosen fake quantizer's range and channels; redrawn in place."""
 
@@ -194,14 +206,8 @@ class LiveCharts:
         self.chosen: str | None = None
         quantizers = run.recorder.quantizers if run.recorder is not None else []
         if quantizers:
-            labels = {
-                q.name: f"{q.name} · reads {q.input_node}"
-                + (f" · {q.channels} channels" if q.ch_axis is not None else "")
-                for q in quantizers
-            }
-            self.chosen = st.selectbox("Fake quantizer", list(labels), format_func=labels.get,
-                                       key="qat-quantizer")  # fmt: skip
-            self.per_channel = next(q for q in quantizers if q.name == self.chosen).channels > 1
+            picked = pick_quantizer(quantizers, "Fake quantizer", "qat-quantizer")
+            self.chosen, self.per_channel = picked.name, picked.channels > 1
         left, right = st.columns(2)
         self.range, self.channels = left.empty(), right.empty()
 
@@ -242,7 +248,7 @@ def ptq_section(state: AppState) -> Callable[[], Tuned] | None:
             prepared = prepare(state.captured, state.recipe)
             data = state.data()
             calibrated = calibrate(
-                prepared, data, batches=batches, batch_size=batch,
+                prepared, data, batches=batches, batch_size=batch, record_ranges=True,
                 progress=lambda done, total, _: bar.progress(
                     done / total, text=f"batch {done}/{total}"),
             )  # fmt: skip
@@ -259,6 +265,16 @@ def ptq_section(state: AppState) -> Callable[[], Tuned] | None:
         st.warning("The recipe changed since this calibration: calibrate again.")
         return None
     st.caption(f"{stage.created_by} ({stage.seconds:.2f} s)")
+    ranges = stage.ranges
+    if ranges is not None and ranges.count and ranges.quantizers:
+        picked = pick_quantizer(ranges.quantizers, "Observer", "ptq-observer")
+        left, right = st.columns(2)
+        left.plotly_chart(observer_range_figure(ranges, picked.name,
+                                                step_title="calibration batch"),
+                          key="ptq-range")  # fmt: skip
+        if picked.channels > 1:
+            right.plotly_chart(channel_ranges_figure(ranges, picked.name, step_title="batch"),
+                               key="ptq-channels")  # fmt: skip
     calibrated = state.calibrated
     return lambda: calibrated
 

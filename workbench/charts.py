@@ -27,11 +27,14 @@ QUALITY_TITLES = {
 MAX_GRID_LINES = 512
 
 
-def observer_range_figure(recorder: RangeRecorder, name: str) -> go.Figure:
+def observer_range_figure(
+    recorder: RangeRecorder, name: str, *, step_title: str = "training step"
+) -> go.Figure:
     """Band of one fake quantizer's observed min..max over the steps, its scale on a 2nd axis.
 
     Per-channel quantizers show the smallest min and largest max over channels, and the mean
-    scale.
+    scale. A PTQ observer has no scale before convert: only its band is drawn (`step_title`
+    "calibration batch").
     """
     steps, low = recorder.series(name, "min")
     _, high = recorder.series(name, "max")
@@ -47,24 +50,29 @@ def observer_range_figure(recorder: RangeRecorder, name: str) -> go.Figure:
     figure.add_trace(
         go.Scatter(x=x, y=high_y, name="max", mode="lines", fill="tonexty", line={"width": 1})
     )
-    figure.add_trace(
-        go.Scatter(
-            x=x,
-            y=scale_y,
-            name=f"scale (mean of {channels} channels)" if per_channel else "scale",
-            mode="lines",
-            line={"dash": "dot"},
-        ),
-        secondary_y=True,
-    )
+    if any(v is not None for v in scale_y):
+        figure.add_trace(
+            go.Scatter(
+                x=x,
+                y=scale_y,
+                name=f"scale (mean of {channels} channels)" if per_channel else "scale",
+                mode="lines",
+                line={"dash": "dot"},
+            ),
+            secondary_y=True,
+        )
+        figure.update_yaxes(
+            title_text="scale", secondary_y=True, rangemode="tozero", tickformat=".3~g"
+        )
     figure.update_layout(title=f"Observed range of {name}", hovermode="x unified")
-    figure.update_xaxes(title_text="training step")
+    figure.update_xaxes(title_text=step_title)
     figure.update_yaxes(title_text="observed value", secondary_y=False)
-    figure.update_yaxes(title_text="scale", secondary_y=True, rangemode="tozero", tickformat=".3~g")
     return figure
 
 
-def channel_ranges_figure(recorder: RangeRecorder, name: str) -> go.Figure:
+def channel_ranges_figure(
+    recorder: RangeRecorder, name: str, *, step_title: str = "step"
+) -> go.Figure:
     """Per-channel min..max of one fake quantizer at the last recorded step, as floating bars."""
     if recorder.count == 0:
         raise ValueError("nothing recorded yet: run at least one training step")
@@ -83,7 +91,7 @@ def channel_ranges_figure(recorder: RangeRecorder, name: str) -> go.Figure:
         )
     )
     step = int(recorder.steps[recorder.count - 1])
-    figure.update_layout(title=f"Per-channel range of {name} at step {step}")
+    figure.update_layout(title=f"Per-channel range of {name} at {step_title} {step}")
     figure.update_xaxes(title_text="channel")
     figure.update_yaxes(title_text="observed value")
     return figure

@@ -126,11 +126,17 @@ def calibrate(
     batch_size: int = 64,
     progress: Progress | None = None,
     should_stop: StopRequested | None = None,
+    record_ranges: bool = False,
 ) -> Stage:
-    """Run calibration batches through a copy of a prepared stage so observers record ranges."""
+    """Run calibration batches through a copy of a prepared stage so observers record ranges.
+
+    With `record_ranges`, every observer's min/max after each batch is kept in the returned
+    stage's `ranges` (qat.RangeRecorder; steps are batch numbers).
+    """
     model = stage.copy_module()
     with EXPORT_LOCK:
         move_exported_model_to_eval(model)
+    recorder = RangeRecorder(model, batches) if record_ranges else None
     start = time.perf_counter()
     done = 0
     with torch.no_grad():
@@ -139,12 +145,14 @@ def calibrate(
                 break
             run(model, inputs)
             done += 1
+            if recorder is not None:
+                recorder.record(done)
             if progress is not None:
                 progress(done, batches, {"stage": "calibrate"})
     notes = () if done == batches else (f"calibration stopped after {done} of {batches} batches",)
     return Stage(
         "calibrated", model, f"calibrate: {done} batches of {batch_size} from {data.spec}",
-        time.perf_counter() - start, stage.recipe, stage.applied, notes,
+        time.perf_counter() - start, stage.recipe, stage.applied, notes, (), recorder,
     )  # fmt: skip
 
 

@@ -2,7 +2,9 @@
 
 Each step copies every fake-quant's scale, zero point and observer min/max into one slot of
 tensors allocated up front; building Python dicts per step would cost more than the step
-(PT2E_NOTES.md, QAT).
+(PT2E_NOTES.md, QAT). A PTQ-prepared graph has bare observers instead of fake quantizers:
+they are recorded the same way, batch by batch during calibration, with min and max only
+(an observer has no scale until convert computes it; those fields stay NaN).
 """
 
 from __future__ import annotations
@@ -27,22 +29,29 @@ class FakeQuantInfo:
 
 
 def fake_quantizers(model: GraphModule) -> list[FakeQuantInfo]:
-    """The fake-quant modules of a QAT-prepared graph, in graph order."""
+    """The fake-quant modules of a QAT-prepared graph, or the observers of a PTQ-prepared
+    one, in graph order."""
     found = []
     for node in model.graph.nodes:
         if node.op != "call_module":
             continue
         module = model.get_submodule(str(node.target))
-        if not hasattr(module, "scale") or not hasattr(module, "activation_post_process"):
+        fake_quant = hasattr(module, "scale") and hasattr(module, "activation_post_process")
+        if fake_quant:
+            per_channel = bool(getattr(module, "is_per_channel", False))
+        elif hasattr(module, "min_val") and hasattr(module, "max_val"):  # an observer
+            # Per-channel observers start with empty 1-d buffers, per-tensor ones with scalars.
+            per_channel = module.min_val.dim() == 1 and hasattr(module, "ch_axis")
+        else:
             continue
-        per_channel = bool(getattr(module, "is_per_channel", False))
         source = node.args[0] if node.args else None
         channels = 1
         if per_channel:
             # scale is resized only on the first forward; the observed tensor knows its size.
             val = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
             axis = module.ch_axis
-            channels = int(val.shape[axis]) if val is not None else int(module.scale.numel())
+            buffer = module.scale if fake_quant else module.min_val
+            channels = int(val.shape[axis]) if val is not None else int(buffer.numel())
         source = source.name if isinstance(source, torch.fx.Node) else ""
         found.append(
             FakeQuantInfo(
@@ -84,8 +93,11 @@ class RangeRecorder:
         sources = []
         complete = True
         for q, module in zip(self.quantizers, self._modules, strict=True):
-            observer = module.activation_post_process
-            for tensor in (module.scale, module.zero_point, observer.min_val, observer.max_val):
+            observer = getattr(module, "activation_post_process", module)
+            unknown = torch.full((q.channels,), float("nan"))  # an observer's scale, zero point
+            scale = getattr(module, "scale", unknown)
+            zero_point = getattr(module, "zero_point", unknown)
+            for tensor in (scale, zero_point, observer.min_val, observer.max_val):
                 flat = tensor.reshape(-1)
                 if flat.numel() == q.channels and flat.data_ptr() == tensor.data_ptr():
                     sources.append(flat)
