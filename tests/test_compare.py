@@ -548,6 +548,9 @@ def test_reproduce_command_qat_settings() -> None:
     assert command == plain.replace(
         " --out model.pt2 --report report.json", extra + " --out model.pt2 --report report.json"
     )
+    # Freeze steps equal to the defaults' share of the steps (60 %, 80 %) are left out.
+    explicit = QatConfig(freeze_bn_step=72, freeze_observer_step=96)
+    assert reproduce_command(*base, qat=explicit) == plain
     only_lr = reproduce_command(*base, qat=QatConfig(lr=0.01))
     assert only_lr == plain.replace(" --out", " --lr 0.01 --out")
 

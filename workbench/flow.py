@@ -157,22 +157,23 @@ def reproduce_command(
 ) -> str:
     """The `python -m workbench quantize` command that rebuilds the same model headless.
 
-    With `qat`, its settings that differ from the CLI's defaults are spelled out too.
+    With `qat`, its settings that differ from the CLI's defaults for `steps` are spelled out
+    too (a freeze step equal to the default share of the steps is left to the default).
     """
     command = (
         f"python -m workbench quantize --model {shlex.quote(spec)} --recipe {recipe_file} "
         f"--mode {mode} --data {shlex.quote(data)} --steps {steps} --batch-size {batch_size}"
     )
     if qat is not None:
-        default = QatConfig()
+        default = QatConfig(steps=qat.steps)
         if qat.lr != default.lr:
             command += f" --lr {qat.lr!r}"
         if qat.optimizer != default.optimizer:
             command += f" --optimizer {qat.optimizer}"
-        if qat.freeze_bn_step is not None:
-            command += f" --freeze-bn-step {qat.freeze_bn_step}"
-        if qat.freeze_observer_step is not None:
-            command += f" --freeze-observer-step {qat.freeze_observer_step}"
+        if qat.bn_freeze_at != default.bn_freeze_at:
+            command += f" --freeze-bn-step {qat.bn_freeze_at}"
+        if qat.observer_freeze_at != default.observer_freeze_at:
+            command += f" --freeze-observer-step {qat.observer_freeze_at}"
     return command + " --out model.pt2 --report report.json"
 
 
