@@ -60,6 +60,9 @@ def qat_section(state: AppState) -> Callable[[], Tuned] | None:
                               placeholder=f"auto: {int(steps * 0.6)} (60 %)")  # fmt: skip
     obs = cols[2].number_input("Freeze observers after step", 0, 100_000, None, key="qat-obs",
                                placeholder=f"auto: {int(steps * 0.8)} (80 %)")  # fmt: skip
+    epochs = steps * batch / max(1, state.data().train_size)
+    cols[3].caption(f"{steps} steps of {batch} ≈ {epochs:.2f} epochs of the "
+                    f"{state.data().train_size:,} training samples.")  # fmt: skip
     buttons = st.columns([1, 3, 1, 3])
     if buttons[0].button("Start", type="primary"):
         config = QatConfig(steps=steps, batch_size=batch, lr=lr, optimizer=optimizer,
