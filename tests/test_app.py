@@ -473,7 +473,7 @@ def test_sensitivity_finds_a_broken_node_and_one_click_keeps_it_float(workspace:
     assert any("Added keep-float rules for conv2d_1" in s.value for s in at.success)
     # The autosaved recipe has the rule too, and the old comparison is marked as stale.
     assert state.workspace.load_recipe(state.spec) == state.recipe
-    assert any("The recipe changed since this model was converted" in w.value
+    assert any("The recipe or the data changed since this model was converted" in w.value
                for w in at.warning)  # fmt: skip
 
 
@@ -540,3 +540,38 @@ def test_export_page_measures_compiled_latency(
     assert metrics["int8, compiled"] == f"{latency.int8_ms:.2f} ms"
     assert metrics["int8 speed-up"] == f"{latency.speedup:.2f}x"
     assert any("at batch 500" in c.value for c in at.caption)
+
+
+def test_the_train_page_uses_the_data_the_user_names(workspace: Path) -> None:
+    """A data function file replaces the default digits for calibration, the comparison and
+    the export command; a bad spec is an error box and the data in use stays."""
+    from tests.models import engine_data
+
+    at = _open("train")
+    state = _state(at)
+    box = at.text_input(key="data-spec-sample:digits_cnn")
+    assert box.value == "digits"
+    box.set_value("no_such_file.py:batches").run()
+    assert not at.exception
+    assert at.error and "no_such_file.py" in at.error[0].value
+    assert state.data().spec == "digits"
+
+    spec = f"{engine_data.__file__}:small_batches"
+    at.text_input(key="data-spec-sample:digits_cnn").set_value(spec).run()
+    assert not at.exception and not at.error
+    assert state.data().spec == spec and state.data().train_size == 26
+    assert any("26 training and 6 evaluation samples" in c.value for c in at.caption)
+    at.number_input(key="ptq-batches").set_value(2).run()
+    next(b for b in at.button if b.label == "Calibrate").click().run()
+    next(b for b in at.button if b.label == "Convert").click().run()
+    assert not at.exception and not at.error
+    converted = state.current()
+    assert converted.schedule.data_spec == spec
+    assert converted.comparison.inputs[0].shape[0] == 6  # the evaluation split of that file
+    at.switch_page("app_pages/export.py").run()
+    assert f"--data {spec} --steps 2 " in at.code[-1].value
+    # Back to digits: the conversion belongs to the other data.
+    at.switch_page("app_pages/train.py").run()
+    at.text_input(key="data-spec-sample:digits_cnn").set_value("digits").run()
+    assert state.current() is None
+    assert any("The recipe or the data changed" in w.value for w in at.warning)

@@ -39,8 +39,8 @@ def comparison_section(state: AppState, converted: Converted) -> None:
     """Quality, then tabs: per-node SQNR, activations on their grid, weights, sensitivity."""
     c = converted.comparison
     if state.current() is None:
-        st.warning("The recipe changed since this model was converted: these numbers are the "
-                   "previous recipe's. Calibrate or train and convert again.")  # fmt: skip
+        st.warning("The recipe or the data changed since this model was converted: these "
+                   "numbers are from before. Calibrate or train and convert again.")  # fmt: skip
     finite = [e for e in c.errors if math.isfinite(e.sqnr_db)]
     worst = min(finite, key=lambda e: e.sqnr_db) if finite else None
     cols = st.columns(4)
@@ -130,7 +130,7 @@ def _weight_tab(converted: Converted) -> None:
 def sensitivity_section(state: AppState, converted: Converted) -> None:
     """Keep each node float in turn (PTQ), rank, and add the helpful ones to the recipe."""
     assert state.captured is not None
-    key = state.recipe.to_json()
+    key = state.work_key()
     candidates = [
         name for name, eff in state.effective().items() if not eff.setting.keep_float
     ]  # fmt: skip
@@ -196,7 +196,7 @@ def sensitivity_section(state: AppState, converted: Converted) -> None:
 def _run_sensitivity(state: AppState, nodes: list[str]) -> None:
     """Measure `nodes` with a progress bar; a click on Stop (any rerun) keeps what was measured."""
     assert state.captured is not None
-    key = state.recipe.to_json()
+    key = state.work_key()
     st.button("Stop sensitivity", key="sens-stop", help="Keeps the nodes measured so far.")
     bar = st.progress(0.0, text="Baseline: every node quantized…")
     try:

@@ -96,6 +96,7 @@ class AppState:
     sensitivity: tuple[str, SensitivityProgress] | None = None  # (recipe JSON, search state)
     latency: tuple[str, Latency] | None = None  # (stages_key, the Export page's measurement)
     _effective: tuple[str, dict[str, Effective]] | None = None
+    data_spec: str | None = None  # None: the model's default data
     _float_quality: float | None = None
     _data: Dataset | None = None
     _rendered: dict[int | None, Rendered] = field(default_factory=dict)
@@ -118,23 +119,38 @@ class AppState:
             self._rendered[depth] = render_for_screen(self.view, collapse_depth=depth)
         return self._rendered[depth]
 
+    def work_key(self) -> str:
+        """The recipe and the data: what calibration, training and their results depend on."""
+        return f"{self.recipe.to_json()}|{self.data().spec}"
+
     def current(self) -> Converted | None:
-        """The Train & convert page's model when it was made with the current recipe."""
-        if self.converted is not None and self.converted.recipe_json == self.recipe.to_json():
-            return self.converted
+        """The Train & convert page's model when it was made with the current recipe and data."""
+        converted = self.converted
+        if (
+            converted is not None
+            and converted.recipe_json == self.recipe.to_json()
+            and converted.schedule.data_spec == self.data().spec
+        ):
+            return converted
         return None
 
     def data(self) -> Dataset:
-        """The default data for the loaded model (digits for 1x8x8 inputs, else random),
-        loaded once per model."""
+        """The data chosen on the Train & convert page, else the default for the model
+        (digits for 1x8x8 inputs, random otherwise); loaded once."""
         assert self.captured is not None
         if self._data is None:
             inputs = self.captured.example_inputs
-            self._data = load_data(default_data_spec(inputs), inputs)
+            self._data = load_data(self.data_spec or default_data_spec(inputs), inputs)
         return self._data
 
+    def set_data(self, spec: str) -> None:
+        """Use the data `spec` names (see workbench.data); on error keep the current data."""
+        assert self.captured is not None
+        data = load_data(spec, self.captured.example_inputs)
+        self.data_spec, self._data, self._float_quality = spec, data, None
+
     def float_quality(self) -> float:
-        """Quality of the float (exported) model on the default data, computed once."""
+        """Quality of the float (exported) model on the data, computed once per data."""
         assert self.captured is not None
         if self._float_quality is None:
             teacher = self.captured.graph_module()
@@ -142,21 +158,21 @@ class AppState:
         return self._float_quality
 
     def stages_key(self) -> str:
-        """Identifies what `stages` returns: the model, the recipe and which stages."""
+        """Identifies what `stages` returns: the model, recipe, data and which stages."""
         current = self.current()
-        return f"{self.spec}|{self.recipe.to_json()}|{current.uid if current else 'preview'}"
+        return f"{self.spec}|{self.work_key()}|{current.uid if current else 'preview'}"
 
     def stages(self) -> dict[str, Stage]:
         """Exported, prepared, calibrated (PTQ) or trained (QAT) and converted.
 
         The Train & convert page's stages when it converted a model with the current recipe;
-        otherwise a quick preview of the flow (see `schedule`) on the default data,
-        recomputed when the recipe changes.
+        otherwise a quick preview of the flow (see `schedule`) on the data, recomputed when
+        the recipe or the data changes.
         """
         assert self.captured is not None
         if self.current() is not None:
             return self.current().stages  # type: ignore[union-attr]
-        key = self.recipe.to_json()
+        key = self.work_key()
         if self._stages is None or self._stages[0] != key:
             captured, recipe = self.captured, self.recipe
             data = self.data()
@@ -181,8 +197,7 @@ class AppState:
         current = self.current()
         if current is not None:
             return current.schedule
-        assert self.captured is not None
-        spec = default_data_spec(self.captured.example_inputs)
+        spec = self.data().spec
         if self.recipe.mode == "qat":
             return Schedule(20, 32, spec, QatConfig(steps=20, batch_size=32))
         return Schedule(8, 64, spec)
@@ -260,6 +275,7 @@ def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None =
     state.diff_selected, state._stages, state._views = None, None, {}
     state.exported_build = state.qat_run = state.calibrated = None
     state.converted = state.sensitivity = state._float_quality = state._data = None
+    state.data_spec = None
     state.latency = None
     state.recipe, state.notice = Recipe(), None
     saved = state.workspace.load_recipe(spec)

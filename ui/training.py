@@ -39,6 +39,32 @@ def show_error(exc: WorkbenchError) -> None:
     st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
 
 
+def data_picker(state: AppState) -> None:
+    """The data that calibration, training and every measurement on the page use."""
+    try:
+        current = state.data().spec
+    except WorkbenchError as exc:  # the model's default data does not fit it
+        show_error(exc)
+        st.stop()
+    spec = st.text_input(
+        "Data", current, key=f"data-spec-{state.spec}",
+        help="digits (scikit-learn's bundled digits, for 1x8x8 inputs) | random (inputs shaped "
+             "like the example inputs; quality = agreement with the float model) | "
+             "path/to/file.py:FUNC, where FUNC() yields (inputs, targets) batches: this runs "
+             "that file's code. The last 20 % evaluates.",
+    ).strip()  # fmt: skip
+    if spec and spec != current:
+        try:
+            state.set_data(spec)
+        except WorkbenchError as exc:
+            show_error(exc)
+            return
+        st.rerun()
+    data = state.data()
+    st.caption(f"{data.train_size:,} training and {data.eval_size:,} evaluation samples; "
+               f"quality is {data.quality}.")  # fmt: skip
+
+
 # --- QAT -------------------------------------------------------------------------------------
 
 
@@ -115,6 +141,10 @@ def qat_section(state: AppState) -> Callable[[], Tuned] | None:
         return None
     if run.source.recipe is not None and run.source.recipe.to_json() != state.recipe.to_json():
         st.warning("The recipe changed since this run started: Start again to train with it.")
+        return None
+    if run.data.spec != state.data().spec:
+        st.warning(f"This run trained on {run.data.spec}: Start again to train on "
+                   f"{state.data().spec}.")  # fmt: skip
         return None
     if not run.done:
         st.caption(f"Convert uses the model as it is at step {run.step_count}.")
@@ -266,6 +296,9 @@ def ptq_section(state: AppState) -> Callable[[], Tuned] | None:
     stage = state.calibrated.tuned
     if stage.recipe is not None and stage.recipe.to_json() != state.recipe.to_json():
         st.warning("The recipe changed since this calibration: calibrate again.")
+        return None
+    if state.calibrated.schedule.data_spec != state.data().spec:
+        st.warning("The data changed since this calibration: calibrate again.")
         return None
     st.caption(f"{stage.created_by} ({stage.seconds:.2f} s)")
     ranges = stage.ranges
