@@ -461,7 +461,7 @@ def test_sensitivity_finds_a_broken_node_and_one_click_keeps_it_float(workspace:
     next(b for b in at.button if b.label == "Run sensitivity").click().run()
     assert not at.exception and not at.error
     key, progress = state.sensitivity
-    assert key == state.recipe.to_json()
+    assert key == state.work_key()  # the recipe and the data
     assert (progress.done, progress.total) == (5, 5)
     assert progress.results[0].node == "conv2d_1" and progress.results[0].delta > 0
     titles = _chart_titles(at)
