@@ -4,6 +4,7 @@
   and per-node SQNR (numeric.per_node_sqnr) on one evaluation batch; after QAT, against the
   float graph carrying the trained weights, so the SQNR is the quantization error alone.
 - `sqnr_colours` colours graph nodes (or collapsed module boxes) by per-node SQNR.
+- `own_sqnr` estimates each node's own share of the accumulated error.
 - `activation_grid` pairs a node's float activations with the int8 grid its output is
   quantized on (the quantize op that follows it in the converted graph).
 - `weight_channels` reads a conv/linear's int8 weight back per output channel: the range the
