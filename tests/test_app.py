@@ -570,6 +570,10 @@ def test_the_train_page_uses_the_data_the_user_names(workspace: Path) -> None:
     assert converted.comparison.inputs[0].shape[0] == 6  # the evaluation split of that file
     at.switch_page("app_pages/export.py").run()
     assert f"--data {spec} --steps 2 " in at.code[-1].value
+    # A new session (or a restart) comes back with that data.
+    again = _open("train")
+    assert _state(again).data().spec == spec
+    assert again.text_input(key="data-spec-sample:digits_cnn").value == spec
     # Back to digits: the conversion belongs to the other data.
     at.switch_page("app_pages/train.py").run()
     at.text_input(key="data-spec-sample:digits_cnn").set_value("digits").run()

@@ -144,10 +144,12 @@ class AppState:
         return self._data
 
     def set_data(self, spec: str) -> None:
-        """Use the data `spec` names (see workbench.data); on error keep the current data."""
-        assert self.captured is not None
+        """Use the data `spec` names (see workbench.data) and autosave the choice; on error
+        keep the current data."""
+        assert self.captured is not None and self.spec is not None
         data = load_data(spec, self.captured.example_inputs)
         self.data_spec, self._data, self._float_quality = spec, data, None
+        self.workspace.save_data_spec(self.spec, spec)
 
     def float_quality(self) -> float:
         """Quality of the float (exported) model on the data, computed once per data."""
@@ -287,6 +289,13 @@ def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None =
             state.notice = f"Restored the autosaved recipe ({rules} rule{'s' * (rules != 1)})."
         except WorkbenchError as exc:
             state.notice = f"The autosaved recipe does not fit this model any more: {exc.problem}"
+    data_spec = state.workspace.load_data_spec(spec)
+    if data_spec is not None:
+        try:
+            state.set_data(data_spec)
+        except WorkbenchError as exc:
+            lost = f"The data last used, {data_spec}, does not load any more ({exc.problem})."
+            state.notice = f"{state.notice} {lost}" if state.notice else lost
     state.workspace.remember(spec)
     return True
 

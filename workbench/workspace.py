@@ -71,6 +71,26 @@ class Workspace:
             log.warning("ignoring unreadable autosaved recipe %s: %s", path, exc.problem)
             return None
 
+    def save_data_spec(self, spec: str, data_spec: str) -> Path:
+        """Remember the data chosen for the model `spec` (beside its autosaved recipe)."""
+        path = self._data_path(spec)
+        with self._locked():
+            write_text(path, json.dumps({"data": data_spec}) + "\n")
+        return path
+
+    def load_data_spec(self, spec: str) -> str | None:
+        """The data last chosen for the model `spec`; None if none was saved."""
+        try:
+            saved = json.loads(self._data_path(spec).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        data = saved.get("data") if isinstance(saved, dict) else None
+        return data if isinstance(data, str) else None
+
+    def _data_path(self, spec: str) -> Path:
+        recipe = self.recipe_path(spec)
+        return recipe.with_name(recipe.name.removesuffix(".recipe.json") + ".data.json")
+
     def last_spec(self) -> str | None:
         try:
             data = json.loads((self.folder / "last.json").read_text(encoding="utf-8"))
