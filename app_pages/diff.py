@@ -3,7 +3,7 @@
 import streamlit as st
 
 from ui.diff_view import linked_graphs, overlay_graph, stage_diff, tables
-from ui.state import loaded_state
+from ui.state import loaded_state, show_error
 from workbench.errors import WorkbenchError
 
 state = loaded_state()
@@ -18,7 +18,7 @@ try:
     with st.spinner("Preparing, calibrating and converting…"):
         stages = state.stages()
 except WorkbenchError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
+    show_error(exc)
     st.stop()
 names = list(stages)
 cols = st.columns([2, 2, 3])

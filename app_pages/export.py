@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from ui.state import loaded_state
+from ui.state import loaded_state, show_error
 from workbench.data import load_data
 from workbench.errors import WorkbenchError
 from workbench.flow import export_stages, reproduce_command
@@ -34,7 +34,7 @@ if st.button("Build model.pt2", type="primary"):
             built = export_stages(captured, state.recipe, data, state.stages(), out)
             state.exported_build = (state.stages_key(), built)
     except WorkbenchError as exc:
-        st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
+        show_error(exc)
 key, build = state.exported_build or ("", None)
 if build is not None and key == state.stages_key():
     report, saved = build.report, build.saved
@@ -82,7 +82,7 @@ if cols[1].button("Measure latency"):
         status.update(label="Latency measured", state="complete", expanded=False)
     except WorkbenchError as exc:
         status.update(label="Latency not measured", state="error")
-        st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
+        show_error(exc)
 key, latency = state.latency or ("", None)
 if latency is not None and key == state.stages_key():
     cols = st.columns(4)

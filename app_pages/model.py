@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import sample_models
-from ui.state import get_state, load_model
+from ui.state import get_state, load_model, show_error
 from workbench.graph import module_table
 
 state = get_state()
@@ -38,7 +38,7 @@ if st.button("Load", type="primary", disabled=spec is None) and spec is not None
     load_model(state, spec, shape)
 
 if state.error is not None:
-    st.error(f"**{state.error.problem}**\n\n{state.error.fix}", icon="🚫")
+    show_error(state.error)
 if state.captured is None or state.view is None:
     st.stop()
 captured, view = state.captured, state.view

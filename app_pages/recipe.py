@@ -4,7 +4,7 @@ import streamlit as st
 
 from ui.editor import adopt_recipe, bulk_editor, recipe_choices
 from ui.recipe_table import recipe_table, rules_list
-from ui.state import loaded_state
+from ui.state import loaded_state, show_error
 
 state = loaded_state()
 view = state.view
@@ -31,6 +31,6 @@ with right:
     if upload is not None and st.button("Use uploaded recipe"):
         error = adopt_recipe(state, upload.getvalue().decode("utf-8", "replace"), upload.name)
         if error is not None:
-            st.error(f"**{error.problem}**\n\n{error.fix}", icon="🚫")
+            show_error(error)
         else:
             st.rerun()

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import streamlit as st
 
-from ui.state import AppState, Converted
+from ui.state import AppState, Converted, show_error
 from workbench.annotate import set_override
 from workbench.charts import (
     activation_grid_figure,
@@ -206,4 +206,4 @@ def _run_sensitivity(state: AppState, nodes: list[str]) -> None:
             text = f"{progress.done}/{progress.total} runs · measured {what}"
             bar.progress(progress.done / progress.total, text=text)
     except WorkbenchError as exc:
-        st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
+        show_error(exc)

@@ -234,6 +234,11 @@ def start_background_work() -> None:
     _pattern_cache_started()
 
 
+def show_error(exc: WorkbenchError) -> None:
+    """A WorkbenchError as the app shows every one: the problem in bold, then the fix."""
+    st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
+
+
 def get_state() -> AppState:
     """The session's state, created on first use with the start-up model loaded."""
     install_pattern_cache()

@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from ui.state import AppState, Converted, Schedule, Tuned
+from ui.state import AppState, Converted, Schedule, Tuned, show_error
 from workbench.charts import (
     accuracy_drift_figure,
     channel_ranges_figure,
@@ -33,10 +33,6 @@ from workbench.runner import CHECKPOINT_NAME, QatRun
 
 REDRAW_SECONDS = 0.5  # while training, the live charts are redrawn this often
 PROGRESS_SECONDS = 0.1  # the progress bar is updated at most this often
-
-
-def show_error(exc: WorkbenchError) -> None:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
 
 
 def data_picker(state: AppState) -> None:
