@@ -12,6 +12,7 @@ from ui.state import AppState, Converted, show_error
 from workbench.annotate import set_override
 from workbench.charts import (
     activation_grid_figure,
+    finite_or_none,
     sensitivity_figure,
     sqnr_bar_figure,
     weight_channels_figure,
@@ -64,17 +65,13 @@ def comparison_section(state: AppState, converted: Converted) -> None:
         sensitivity_section(state, converted)
 
 
-def _db(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def sqnr_table(errors: Sequence[NodeError], own: Mapping[str, float]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
                 "node": e.exported,
-                "SQNR (dB)": _db(e.sqnr_db),
-                "own SQNR (dB)": _db(own.get(e.exported, math.nan)),
+                "SQNR (dB)": finite_or_none(e.sqnr_db),
+                "own SQNR (dB)": finite_or_none(own.get(e.exported, math.nan)),
                 "max |error|": e.max_abs_error,
                 "int8 node": e.node,
                 "float reference": e.reference + (" (BN folded)" if e.bn_folded else ""),
@@ -169,7 +166,7 @@ def sensitivity_section(state: AppState, converted: Converted) -> None:
                     "node kept float": r.node,
                     metric: r.quality,
                     "gain": r.delta,
-                    "SQNR quantized (dB)": r.sqnr_db if math.isfinite(r.sqnr_db) else None,
+                    "SQNR quantized (dB)": finite_or_none(r.sqnr_db),
                 }
                 for r in results
             ]

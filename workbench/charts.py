@@ -204,7 +204,7 @@ def sqnr_bar_figure(errors: Sequence[NodeError]) -> go.Figure:
     has no bar height and is labelled "exact", last.
     """
     ordered = sorted(errors, key=lambda e: e.sqnr_db)
-    heights = [e.sqnr_db if math.isfinite(e.sqnr_db) else None for e in ordered]
+    heights = [finite_or_none(e.sqnr_db) for e in ordered]
     labels = [f"{e.sqnr_db:.1f} dB" if math.isfinite(e.sqnr_db) else "exact" for e in ordered]
     figure = go.Figure(
         go.Bar(
@@ -232,7 +232,7 @@ def sensitivity_figure(
         go.Bar(
             x=[r.node for r in results],
             y=[r.delta for r in results],
-            customdata=[[r.quality, _finite_or_none(r.sqnr_db)] for r in results],
+            customdata=[[r.quality, finite_or_none(r.sqnr_db)] for r in results],
             name="gain",
             hovertemplate=f"%{{x}}<br>gain %{{y:.3g}}{unit}<br>{metric} with it float "
             "%{customdata[0]:.4g}<br>SQNR when quantized %{customdata[1]:.1f} dB<extra></extra>",
@@ -316,9 +316,10 @@ def grid_levels(
     return [(q - zero_point) * scale for q in range(first, last + 1, stride)]
 
 
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
+    """`value`, or None (a gap in a chart, an empty table cell) when it is inf or NaN."""
     return value if math.isfinite(value) else None
 
 
 def _finite(values: torch.Tensor) -> list[float | None]:
-    return [float(v) if math.isfinite(v) else None for v in values.tolist()]
+    return [finite_or_none(float(v)) for v in values.tolist()]
