@@ -5,10 +5,9 @@ import json
 import streamlit as st
 
 from ui.state import loaded_state, show_error
-from workbench.data import load_data
 from workbench.errors import WorkbenchError
 from workbench.flow import export_stages, reproduce_command
-from workbench.latency import measure_latency
+from workbench.latency import eval_batch, measure_latency
 
 state = loaded_state()
 captured = state.captured
@@ -30,8 +29,7 @@ if st.button("Build model.pt2", type="primary"):
     out.parent.mkdir(exist_ok=True)
     try:
         with st.spinner("Converting, exporting, saving and reloading…"):
-            data = load_data(schedule.data_spec, captured.example_inputs)
-            built = export_stages(captured, state.recipe, data, state.stages(), out)
+            built = export_stages(captured, state.recipe, state.data(), state.stages(), out)
             state.exported_build = (state.stages_key(), built)
     except WorkbenchError as exc:
         show_error(exc)
@@ -69,11 +67,7 @@ cols = st.columns([1, 1, 3])
 batch = int(cols[0].number_input("Batch", 1, 4096, 256, key="latency-batch"))
 if cols[1].button("Measure latency"):
     stages = state.stages()
-    data = state.data()
-    inputs = next(iter(data.eval_batches(batch)))[0]
-    if inputs[0].shape[0] < batch:  # a small evaluation split: repeat it up to the batch
-        inputs = tuple(t.repeat(-(-batch // t.shape[0]), *[1] * (t.dim() - 1))[:batch]
-                       for t in inputs)  # fmt: skip
+    inputs = eval_batch(state.data(), batch)
     status = st.status("Measuring latency…", expanded=True)
     try:
         state.latency = (state.stages_key(), measure_latency(

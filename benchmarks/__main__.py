@@ -263,7 +263,7 @@ def bench_latency(rows: list[Row], batches: list[int]) -> None:
     """Converted digits CNN against float, both lowered with torch.compile(dynamic=False)."""
     from workbench.capture import capture
     from workbench.data import load_data
-    from workbench.latency import measure_latency
+    from workbench.latency import eval_batch, measure_latency
     from workbench.pipeline import calibrate, convert, exported_stage, prepare
     from workbench.recipe import Recipe
 
@@ -272,8 +272,7 @@ def bench_latency(rows: list[Row], batches: list[int]) -> None:
     converted = convert(calibrate(prepare(captured, Recipe()), data, batches=8)).graph_module
     float_gm = exported_stage(captured).graph_module
     for batch in batches:
-        x = data.eval_inputs[0].repeat(-(-batch // data.eval_size), 1, 1, 1)[:batch]
-        latency = measure_latency(float_gm, converted, (x,))
+        latency = measure_latency(float_gm, converted, eval_batch(data, batch))
         rows.append(
             Row(
                 f"compiled latency at batch {batch}, digits CNN int8 vs float",

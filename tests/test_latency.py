@@ -13,7 +13,7 @@ import torch
 
 from workbench.data import Dataset
 from workbench.errors import WorkbenchError
-from workbench.latency import Latency, measure_latency
+from workbench.latency import Latency, eval_batch, measure_latency
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,14 @@ def test_inductor_lowers_the_int8_graph_and_keeps_its_predictions(
     # int8 kernels round differently from the q/dq reference (so they ran), but not by much:
     # the logits span about 20.
     assert 0 < latency.max_abs_diff < 0.5
+
+
+def test_eval_batch_takes_the_first_samples_and_repeats_a_small_split(
+    digits_data: Dataset,
+) -> None:
+    (x,) = eval_batch(digits_data, 64)
+    assert torch.equal(x, digits_data.eval_inputs[0][:64])
+    (x,) = eval_batch(digits_data, 500)  # 360 evaluation images: 360 then the first 140
+    assert x.shape[0] == 500
+    assert torch.equal(x[:360], digits_data.eval_inputs[0])
+    assert torch.equal(x[360:], digits_data.eval_inputs[0][:140])

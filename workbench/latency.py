@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch._inductor.config  # torch.compile imports it lazily; freezing is set through it
 
+from workbench.data import Dataset
 from workbench.errors import WorkbenchError, first_line
 from workbench.locks import EXPORT_LOCK
 from workbench.pipeline import run
@@ -47,6 +48,15 @@ class Latency:
     def speedup(self) -> float:
         """Compiled float time over compiled int8 time (above 1: int8 is faster)."""
         return self.float_ms / self.int8_ms
+
+
+def eval_batch(data: Dataset, size: int) -> tuple[torch.Tensor, ...]:
+    """The first `size` evaluation inputs; a smaller evaluation split is repeated to fill."""
+    repeats = -(-size // data.eval_size)  # ceiling division
+    return tuple(
+        t.repeat(repeats, *[1] * (t.dim() - 1))[:size] if repeats > 1 else t[:size]
+        for t in data.eval_inputs
+    )
 
 
 def measure_latency(
