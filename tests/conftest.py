@@ -114,7 +114,7 @@ def digits_data(captured: dict[str, CapturedModel]) -> Any:
     """`load_data("digits", ...)` for the digits CNN (1,437 train / 360 eval images)."""
     from workbench.data import load_data
 
-    return load_data("digits", captured["digits_cnn"].example_inputs)
+    return load_data("digits", captured["digits_cnn"].signature)
 
 
 @pytest.fixture(scope="session")

@@ -363,7 +363,7 @@ def test_whole_journey_annotate_train_convert_sqnr_export(  # type: ignore[no-un
     recipe = Recipe.from_json(files["recipe.json"].read_text())
     assert recipe.mode == "qat" and len(recipe.overrides) == 1
     captured = capture("sample:digits_cnn")
-    data = load_data("digits", captured.example_inputs)
+    data = load_data("digits", captured.signature)
     config = QatConfig(steps=120, batch_size=64, lr=1e-4)
     checkpoint = workspace / "checkpoints" / "sample_digits_cnn" / "qat-checkpoint.pt"
     run = QatRun.resume(checkpoint, prepare(captured, recipe), data, config,

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 import sample_models
-from workbench.capture import CapturedModel, ModelSpec, capture, export_model
+from workbench.capture import CapturedModel, ModelSpec, capture, dynamic_dims, export_model
 from workbench.errors import CaptureError, InputShapeError, ModelSpecError, WorkbenchError
 from workbench.graph import describe
+from workbench.signature import ModelInputs
 
 # ---------------------------------------------------------------------------- ModelSpec.parse
 
@@ -79,7 +80,7 @@ def test_sample_capture_matches_eager_at_any_batch(
     assert cap.dynamic_batch is True
     assert cap.notes == ()
     assert str(cap.spec) == f"sample:{name}"
-    assert [tuple(t.shape) for t in cap.example_inputs] == [(4, 1, 8, 8)]
+    assert [tuple(t.shape) for t in cap.example_inputs.tensors()] == [(4, 1, 8, 8)]
     assert cap.export_seconds > 0
     eager, _ = sample_models.build(name)
     assert cap.parameter_count == sum(p.numel() for p in eager.parameters())
@@ -124,8 +125,11 @@ def test_export_model_copies_the_model() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
     x = torch.rand(5, 4, generator=torch.Generator().manual_seed(4))
-    program, dynamic, notes = export_model(model, (x,))
-    assert (dynamic, notes) == (True, [])
+    program, notes = export_model(model, ModelInputs((x,)))
+    assert notes == []
+    assert [d.as_dict() for d in dynamic_dims(program, ("input",))] == [
+        {"input": "input", "dim": 0, "name": "batch", "min": 1, "max": 4096}
+    ]
     assert model.training  # the caller's model is left in train mode; the copy is exported in eval
     with torch.no_grad():
         before = program.module()(x)
@@ -159,7 +163,8 @@ def test_batch_of_one_example_still_gets_a_dynamic_batch(bad_models: Path) -> No
     cap = capture(f"{bad_models}:mlp_batch_of_one")
     assert cap.dynamic_batch is True
     assert cap.notes == ()
-    assert [tuple(t.shape) for t in cap.example_inputs] == [(1, 4)]  # the caller's, unchanged
+    # the caller's, unchanged
+    assert [tuple(t.shape) for t in cap.example_inputs.tensors()] == [(1, 4)]
     assert describe(cap.graph_module())["x"].shape == ("batch", 4)
     eager = _find_loaded(bad_models).Mlp()  # same seed inside Mlp(), so the same weights
     module = cap.program.module()
@@ -212,8 +217,8 @@ def test_pt2_round_trip(
     assert loaded.dynamic_batch is True
     assert loaded.notes == ()
     # The stored example inputs come back (the 4 digits images the sample was built with).
-    assert len(loaded.example_inputs) == 1
-    torch.testing.assert_close(loaded.example_inputs[0], original.example_inputs[0])
+    assert len(loaded.example_inputs.tensors()) == 1
+    torch.testing.assert_close(loaded.example_inputs.args[0], original.example_inputs.args[0])
     before, after = describe(original.graph_module()), describe(loaded.graph_module())
     assert [n.name for n in after.nodes] == [n.name for n in before.nodes]
     assert after.edges == before.edges
@@ -228,14 +233,14 @@ def test_pt2_round_trip(
 
 def test_pt2_with_matching_input_shape(digits_pt2: Path) -> None:
     loaded = capture(str(digits_pt2), input_shape=(3, 1, 8, 8))
-    assert [tuple(t.shape) for t in loaded.example_inputs] == [(3, 1, 8, 8)]
+    assert [tuple(t.shape) for t in loaded.example_inputs.tensors()] == [(3, 1, 8, 8)]
     assert loaded.dynamic_batch is True
 
 
 def test_input_shape_for_a_factory_returning_a_bare_module(bad_models: Path) -> None:
     cap = capture(f"{bad_models}:bare_linear", input_shape=(4, 3))
     assert cap.dynamic_batch is True
-    assert [tuple(t.shape) for t in cap.example_inputs] == [(4, 3)]
+    assert [tuple(t.shape) for t in cap.example_inputs.tensors()] == [(4, 3)]
     view = describe(cap.graph_module())
     # nn.Linear.forward's argument is called `input`, which FX renames to input_1.
     assert [n.name for n in view.nodes] == ["weight", "bias", "input_1", "linear", "output"]
@@ -317,7 +322,8 @@ def test_factory_returns_the_wrong_thing(bad_models: Path, func: str, problem: s
         capture(f"{bad_models}:{func}")
     assert err.value.problem == f"{bad_models}:{problem}"
     assert err.value.fix == (
-        "Make it return (model, example_inputs): an nn.Module and a tuple of example tensors."
+        "Make it return (model, example_inputs): an nn.Module and its example inputs (a tensor, a "
+        "tuple of positional arguments, a dict of keyword arguments, or a pair (args, kwargs))."
     )
 
 
@@ -426,7 +432,9 @@ def test_pt2_with_damaged_weights(digits_pt2: Path, tmp_path: Path) -> None:
 def test_wrong_input_shape_for_python_model() -> None:
     with pytest.raises(InputShapeError) as err:
         capture("sample:digits_cnn", input_shape=(4, 3))
-    assert err.value.problem.startswith("The model does not run on inputs of shape (4, 3): ")
+    assert err.value.problem.startswith(
+        "The model does not run on its example inputs (x (4, 3) float32): "
+    )
     assert "conv2d" in err.value.problem
     assert "--input-shape, batch first" in err.value.fix
 
@@ -435,7 +443,7 @@ def test_wrong_input_shape_for_factory_model(bad_models: Path) -> None:
     with pytest.raises(InputShapeError) as err:
         capture(f"{bad_models}:mlp", input_shape=(2, 7))
     assert err.value.problem == (
-        "The model does not run on inputs of shape (2, 7): "
+        "The model does not run on its example inputs (x (2, 7) float32): "
         "mat1 and mat2 shapes cannot be multiplied (2x7 and 4x8)"
     )
 

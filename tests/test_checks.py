@@ -80,7 +80,7 @@ def test_kept_float_conv_in_qat_leaves_its_batch_norm(
         diff.change(bn, "before").kind for bn in ("batch_norm", "batch_norm_2", "batch_norm_3")
     ] == ["removed"] * 3
     # ... and only the three folded convs have a fold to check.
-    sample = (next(iter(digits_data.eval_batches(64)))[0][0],)
+    sample = next(iter(digits_data.eval_batches(64))).inputs
     reports = fold_reports(stages["trained"].graph_module, converted, sample)
     assert [r.conv for r in reports] == ["conv2d", "conv2d_2", "conv2d_3"]
     assert all(r.within_bound for r in reports)

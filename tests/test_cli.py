@@ -170,7 +170,7 @@ BAD_INPUTS = {
     "wrong_return": ["returns_int() returned an int.", "Make it return (model, example_inputs)"],
     "corrupt_pt2": ["random.pt2 is not a readable .pt2 archive: it is corrupt or truncated"],
     "truncated_pt2": ["half.pt2 is not a readable .pt2 archive: it is corrupt or truncated"],
-    "wrong_shape": ["does not run on inputs of shape (2, 7)", "--input-shape"],
+    "wrong_shape": ["does not run on its example inputs (x (2, 7) float32)", "--input-shape"],
 }
 
 

@@ -233,10 +233,10 @@ def test_compare_quality_and_errors(
     assert comparison.float_quality == pytest.approx(100 * 358 / 360)  # as test_pipeline
     assert round(comparison.float_quality, 2) == 99.44
     assert abs(comparison.int8_quality - comparison.float_quality) <= 1.0
-    (batch,) = comparison.inputs
+    (batch,) = comparison.inputs.tensors()
     assert SQNR_BATCH == 256
     assert batch.shape[0] == min(256, digits_data.eval_size) == 256
-    assert torch.equal(batch, digits_data.eval_inputs[0][:256])
+    assert torch.equal(batch, digits_data.eval_inputs.args[0][:256])
     assert list(comparison.errors) == per_node_sqnr(float_gm, converted_gm, comparison.inputs)
     assert {e.exported for e in comparison.errors} >= set(WEIGHT_NODES) | {"relu_1", "add"}
 
@@ -484,7 +484,7 @@ def test_iter_sensitivity_states(
     deltas = [r.delta for r in last.results]
     assert deltas == sorted(deltas, reverse=True)
     assert second.results[0] in last.results
-    inputs = tuple(t[:SQNR_SAMPLES] for t in digits_data.eval_inputs)
+    inputs = digits_data.eval_inputs.take(SQNR_SAMPLES)
     sqnr = {e.exported: e.sqnr_db for e in per_node_sqnr(float_gm, converted_gm, inputs)}
     for r in last.results:
         assert r.delta == pytest.approx(r.quality - first.baseline)
@@ -618,8 +618,8 @@ def test_cli_qat_flags_reach_the_build(
     reference = same.stages["converted"].graph_module
     inputs = digits_data.eval_inputs
     with torch.no_grad():
-        from_cli = loaded(*inputs)
-        in_process = reference(*inputs)
+        from_cli = inputs.call(loaded)
+        in_process = inputs.call(reference)
     assert torch.equal(from_cli, in_process)
     assert written["quality"]["quantized"] == same.report["quality"]["quantized"]
     assert written["quality"]["fake_quant"] == same.report["quality"]["fake_quant"]
@@ -630,7 +630,7 @@ def test_cli_qat_flags_reach_the_build(
     float_module = same.stages["exported"].graph_module
     other = convert(train_qat(prepared, digits_data, default, teacher=float_module))
     with torch.no_grad():
-        assert not torch.equal(other.graph_module(*inputs), in_process)
+        assert not torch.equal(inputs.call(other.graph_module), in_process)
 
 
 def test_after_qat_the_sqnr_reference_is_the_trained_float_model(

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.capture import CapturedModel, ModelSpec, export_model
+from workbench.capture import CapturedModel, ModelSpec, dynamic_dims, export_model
 from workbench.diff import DIFF_COLOURS, KINDS, StageDiff, code_diff, diff_stages, diff_to_dot
 from workbench.flow import QUANT_OPS, op_counts
 from workbench.graph import describe
@@ -256,7 +256,8 @@ TINY_AFTER = r"""digraph converted {
 
 def test_exact_dot_of_a_three_node_model_before_and_after_ptq() -> None:
     x = torch.linspace(-1, 1, 12).reshape(4, 3)  # min/max observers: scale 2/255
-    program, dynamic, _ = export_model(TinyLinear(), (x,))
+    program, _ = export_model(TinyLinear(), (x,))
+    dynamic = any(d.dim == 0 for d in dynamic_dims(program))
     model = CapturedModel(ModelSpec("python", "tiny.py", "tiny"), program, (x,), dynamic, 0.0)
     exported = exported_stage(model)
     prepared = prepare(model, Recipe(default=QuantSetting(observer="minmax")))
@@ -352,7 +353,7 @@ def test_overlay_shows_removed_nodes_beside_the_after_graph() -> None:
     import torch
     from torch import nn
 
-    from workbench.capture import export_model
+    from workbench.capture import dynamic_dims, export_model
     from workbench.diff import REMOVED_PREFIX, overlay_to_dot, overlay_view
     from workbench.graph import describe
     from workbench.pipeline import prepare
@@ -369,7 +370,8 @@ def test_overlay_shows_removed_nodes_beside_the_after_graph() -> None:
 
     from workbench.capture import CapturedModel, ModelSpec
 
-    program, dynamic, _ = export_model(ConvBN().eval(), (torch.rand(2, 1, 4, 4),))
+    program, _ = export_model(ConvBN().eval(), (torch.rand(2, 1, 4, 4),))
+    dynamic = any(d.dim == 0 for d in dynamic_dims(program))
     captured = CapturedModel(ModelSpec("sample", "tiny"), program, (torch.rand(2, 1, 4, 4),),
                              dynamic, 0.0)  # fmt: skip
     before_gm = captured.graph_module()

@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 import pytest
-import torch
 
 from workbench.capture import CapturedModel
 from workbench.folding import FoldReport, fold_reports
@@ -20,6 +19,7 @@ from workbench.pipeline import (
     train_qat,
 )
 from workbench.recipe import Override, QuantSetting, Recipe
+from workbench.signature import ModelInputs
 
 CONVS = ["conv2d", "conv2d_1", "conv2d_2", "conv2d_3"]
 BN_MODULES = ["stem.bn", "block1.bn1", "block1.bn2", "block2.bn"]
@@ -38,9 +38,8 @@ def qat(captured: dict[str, CapturedModel], digits_data: Any) -> dict[str, Stage
 
 
 @pytest.fixture(scope="module")
-def sample(digits_data: Any) -> tuple[torch.Tensor, ...]:
-    inputs, _ = next(iter(digits_data.eval_batches(64)))
-    return tuple(inputs)
+def sample(digits_data: Any) -> ModelInputs:
+    return next(iter(digits_data.eval_batches(64))).inputs
 
 
 def show(title: str, reports: list[FoldReport]) -> None:
@@ -54,7 +53,7 @@ def show(title: str, reports: list[FoldReport]) -> None:
 
 
 def test_ptq_fold_is_within_round_to_nearest(
-    digits_ptq: dict[str, Stage], sample: tuple[torch.Tensor, ...]
+    digits_ptq: dict[str, Stage], sample: ModelInputs
 ) -> None:
     reports = fold_reports(digits_ptq["exported"].graph_module,
                            digits_ptq["converted"].graph_module, sample)  # fmt: skip
@@ -77,9 +76,7 @@ def test_ptq_fold_is_within_round_to_nearest(
         assert 0.0 < r.output_max_error < 1.0
 
 
-def test_qat_fold_uses_the_trained_statistics(
-    qat: dict[str, Stage], sample: tuple[torch.Tensor, ...]
-) -> None:
+def test_qat_fold_uses_the_trained_statistics(qat: dict[str, Stage], sample: ModelInputs) -> None:
     converted = qat["converted"].graph_module
     reports = fold_reports(qat["trained"].graph_module, converted, sample)
     show("QAT (BN statistics and weights of the trained model)", reports)
@@ -104,7 +101,7 @@ def test_qat_fold_uses_the_trained_statistics(
 
 
 def test_kept_float_conv_is_folded_in_float(
-    captured: dict[str, CapturedModel], digits_data: Any, sample: tuple[torch.Tensor, ...]
+    captured: dict[str, CapturedModel], digits_data: Any, sample: ModelInputs
 ) -> None:
     """PTQ folds conv-bn before annotating, so a kept-float conv gets its BN folded too."""
     model = captured["digits_cnn"]
@@ -120,7 +117,7 @@ def test_kept_float_conv_is_folded_in_float(
                                            "int8 per-channel"]  # fmt: skip
 
 
-def test_nothing_to_fold(digits_ptq: dict[str, Stage], sample: tuple[torch.Tensor, ...]) -> None:
+def test_nothing_to_fold(digits_ptq: dict[str, Stage], sample: ModelInputs) -> None:
     converted = digits_ptq["converted"].graph_module
     assert fold_reports(converted, converted, sample) == []
     assert not math.isnan(

@@ -18,7 +18,7 @@ from workbench.latency import Latency, eval_batch, measure_latency
 
 @pytest.fixture(scope="module")
 def models(digits_ptq: dict[str, Any], digits_data: Dataset) -> dict[str, Any]:
-    inputs = next(iter(digits_data.eval_batches(64)))[0]
+    inputs = next(iter(digits_data.eval_batches(64))).inputs
     return {"float": digits_ptq["exported"].graph_module,
             "int8": digits_ptq["converted"].graph_module, "inputs": inputs}  # fmt: skip
 
@@ -65,9 +65,9 @@ def test_inductor_lowers_the_int8_graph_and_keeps_its_predictions(
 def test_eval_batch_takes_the_first_samples_and_repeats_a_small_split(
     digits_data: Dataset,
 ) -> None:
-    (x,) = eval_batch(digits_data, 64)
-    assert torch.equal(x, digits_data.eval_inputs[0][:64])
-    (x,) = eval_batch(digits_data, 500)  # 360 evaluation images: 360 then the first 140
+    (x,) = eval_batch(digits_data, 64).tensors()
+    assert torch.equal(x, digits_data.eval_inputs.args[0][:64])
+    (x,) = eval_batch(digits_data, 500).tensors()  # 360 evaluation images: 360 then the first 140
     assert x.shape[0] == 500
-    assert torch.equal(x[:360], digits_data.eval_inputs[0])
-    assert torch.equal(x[360:], digits_data.eval_inputs[0][:140])
+    assert torch.equal(x[:360], digits_data.eval_inputs.args[0])
+    assert torch.equal(x[360:], digits_data.eval_inputs.args[0][:140])

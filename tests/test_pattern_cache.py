@@ -42,7 +42,7 @@ def no_cache() -> Iterator[None]:
 
 
 def _convert(captured: CapturedModel, mode: str) -> GraphModule:
-    data = load_data("digits", captured.example_inputs)
+    data = load_data("digits", captured.signature)
     prepared = prepare(captured, Recipe(mode=mode))
     return convert(calibrate(prepared, data, batches=2, batch_size=32)).graph_module
 

@@ -6,6 +6,7 @@ Each (model, mode) is built once per module: QAT converts of conv-bn models take
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def build(models: dict[str, CapturedModel]) -> Any:
         model = models[name]
         if name not in datasets:
             datasets[name] = load_data("digits" if name in SAMPLES else "random",
-                                       model.example_inputs)  # fmt: skip
+                                       model.signature)  # fmt: skip
         data = datasets[name]
         float_stage = exported_stage(model)
         checks = {  # what a step gets: its snapshot before, and the object to compare after
@@ -175,8 +176,8 @@ def test_quantize_and_export(build: Any, tmp_path: Path, name: str, mode: str) -
 
     loaded = torch.export.load(str(path)).module()
     data: Dataset = built["data"]
-    fresh = tuple(t[-FRESH_BATCH:] for t in data.eval_inputs)
-    assert fresh[0].shape[0] != model.example_inputs[0].shape[0]
+    fresh = data.eval_inputs.batched(lambda t: t[-FRESH_BATCH:])
+    assert fresh.batch_size != model.example_inputs.batch_size
     with torch.no_grad():
         expected, got = run(converted, fresh), run(loaded, fresh)
     assert got.shape == expected.shape and got.shape[0] == FRESH_BATCH
@@ -290,9 +291,10 @@ def test_nan_loss_raises_training_error(build: Any) -> None:
 def test_nan_in_data_is_a_data_error(models: dict[str, CapturedModel]) -> None:
     spec = f"{ENGINE_DATA}:nan_batches"
     with pytest.raises(DataError) as info:
-        load_data(spec, models["digits_cnn"].example_inputs)
+        load_data(spec, models["digits_cnn"].signature)
+    # The first batch is checked on loading; sample 13 (batch 1) would be found when read.
     assert info.value.problem == (
-        f"the {spec} inputs contain NaN or infinite values (input 0, samples [5, 13])."
+        f"the inputs of training batch 0 of {spec} contain NaN or infinite values (x, samples [5])."
     )
     assert info.value.fix == "Clean or drop those samples: observers and training cannot use them."
 
@@ -305,24 +307,36 @@ def test_float_digits_accuracy(digits_ptq: dict[str, Stage], digits_data: Datase
 
 def test_nan_in_evaluation_split_names_the_sample(models: dict[str, CapturedModel]) -> None:
     spec = f"{ENGINE_DATA}:late_nan_batches"
+    data = load_data(spec, models["digits_cnn"].signature)  # batches stream: read when used
     with pytest.raises(DataError) as info:
-        load_data(spec, models["digits_cnn"].example_inputs)
-    assert "contain NaN or infinite values" in info.value.problem
-    assert "samples [30]" in info.value.problem
+        evaluate(models["digits_cnn"].graph_module(), data)
+    # Four batches: the last evaluates; sample 30 is its 7th (index 6).
+    assert info.value.problem == (
+        f"the inputs of evaluation batch 0 of {spec} contain NaN or infinite values "
+        "(x, samples [6])."
+    )
 
 
 def test_small_data_loads(models: dict[str, CapturedModel]) -> None:
-    data = load_data(f"{ENGINE_DATA}:small_batches", models["digits_cnn"].example_inputs)
-    assert (data.train_size, data.eval_size, data.quality) == (26, 6, "accuracy")
+    data = load_data(f"{ENGINE_DATA}:small_batches", models["digits_cnn"].signature)
+    assert (data.streamed, data.train_size, data.eval_size, data.quality) == (
+        True, None, None, "accuracy"
+    )  # fmt: skip
     with time_limit(10):
-        inputs, targets = next(data.train_batches(16))
-    assert inputs[0].shape == (16, 1, 8, 8) and targets is not None and targets.shape == (16,)
+        train = list(itertools.islice(data.train_batches(16), 4))
+        evaluation = list(data.eval_batches())
+    # Fewer than five batches: the last evaluates, the others train, in the source's sizes.
+    assert [b.inputs.args[0].shape for b in train] == [(8, 1, 8, 8)] * 4
+    assert torch.equal(train[3].inputs.args[0], train[0].inputs.args[0])  # the second pass
+    assert [b.targets.shape for b in evaluation if b.targets is not None] == [(8,)]
+    evaluate(models["digits_cnn"].graph_module(), data)
+    assert data.eval_size == 8
 
 
 def test_calibrate_with_fewer_samples_than_the_batch_size(
     models: dict[str, CapturedModel], digits_ptq: dict[str, Stage]
 ) -> None:
-    data = load_data(f"{ENGINE_DATA}:small_batches", models["digits_cnn"].example_inputs)
+    data = load_data(f"{ENGINE_DATA}:small_batches", models["digits_cnn"].signature)
     with time_limit(2):  # two batches of 26 images take well under 0.1 s
         calibrated = calibrate(digits_ptq["prepared"], data, batches=2, batch_size=64)
     assert calibrated.notes == ()

@@ -28,7 +28,7 @@ def test_recorded_ranges_equal_the_buffers_at_each_step(
     captured: dict[str, CapturedModel],
 ) -> None:
     cap = captured["digits_cnn"]
-    data = load_data("digits", cap.example_inputs)
+    data = load_data("digits", cap.signature)
     model = prepare(cap, Recipe(mode="qat")).copy_module()
     move_exported_model_to_train(model)
     quantizers = fake_quantizers(model)
@@ -40,7 +40,7 @@ def test_recorded_ranges_equal_the_buffers_at_each_step(
     snapshots = []
     with torch.no_grad():
         for step in (1, 2, 3):
-            model(*next(batches)[0])
+            next(batches).inputs.call(model)
             recorder.record(step)
             snapshots.append(_snapshot(model, names))
     assert recorder.steps.tolist() == [1, 2, 3]
@@ -57,7 +57,7 @@ def test_recorded_ranges_equal_the_buffers_at_each_step(
 
 def test_train_qat_records_every_step(captured: dict[str, CapturedModel]) -> None:
     cap = captured["digits_cnn"]
-    data = load_data("digits", cap.example_inputs)
+    data = load_data("digits", cap.signature)
     prepared = prepare(cap, Recipe(mode="qat"))
     trained = train_qat(prepared, data, QatConfig(steps=6, batch_size=32), record_ranges=True)
     ranges = trained.ranges
@@ -81,7 +81,7 @@ def test_calibration_records_every_observer_after_each_batch(
     from workbench.pipeline import calibrate
 
     cap = captured["digits_cnn"]
-    data = load_data("digits", cap.example_inputs)
+    data = load_data("digits", cap.signature)
     prepared = prepare(cap, Recipe())
     quantizers = fake_quantizers(prepared.graph_module)
     assert sorted(q.channels for q in quantizers) == [1] * 8 + [10, 16, 16, 16, 32]

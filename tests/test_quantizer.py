@@ -391,7 +391,7 @@ def test_activation_setting_on_a_relu_reaches_the_edge_that_quantizes_its_output
     assert [(o.dtype, o.quant_min, o.quant_max, o.qscheme) for o in observers] == [
         (torch.int8, -7, 7, torch.per_tensor_symmetric)
     ]
-    data = load_data("digits", cap.example_inputs)
+    data = load_data("digits", cap.signature)
     converted = convert(calibrate(prepared, data, batches=4)).graph_module
     quant = [n for n in converted.graph.nodes
              if n.target == torch.ops.quantized_decomposed.quantize_per_tensor.default

@@ -364,7 +364,7 @@ def test_json_that_does_not_parse() -> None:
         (
             '{"mode": "ptq", "colour": "red"}',
             "The recipe has unknown field(s): colour.",
-            "Known fields: backend, default, mode, overrides, version.",
+            "Known fields: backend, default, loss, metric, mode, output, overrides, version.",
         ),
         (
             '{"default": {"weight_bits": 4}}',

@@ -12,7 +12,7 @@ import torch
 from torchao.quantization.pt2e import disable_observer, move_exported_model_to_train
 
 from workbench.capture import CapturedModel
-from workbench.data import Dataset
+from workbench.data import Batch, Dataset, TensorDataset
 from workbench.errors import WorkbenchError
 from workbench.pipeline import (
     QatConfig,
@@ -48,8 +48,8 @@ def plain_qat_loop(stage: Stage, data: Dataset, config: QatConfig) -> tuple[Any,
             freeze_bn_(model)
         if step == config.observer_freeze_at + 1:
             model.apply(disable_observer)
-        inputs, targets = next(batches)
-        loss = torch.nn.functional.cross_entropy(model(*inputs), targets)
+        batch = next(batches)
+        loss = torch.nn.functional.cross_entropy(batch.inputs.call(model), batch.targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -153,7 +153,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(
     assert_same_state(run.model.state_dict(), saved["model"])
 
 
-class HugeAtStep(Dataset):
+class HugeAtStep(TensorDataset):
     """Digits whose training batch `bad_step` (1-based) is all `value`.
 
     1e38 or -3e38 give a finite loss (~1e31) that ruins the model without a NaN; inf gives NaN.
@@ -162,20 +162,25 @@ class HugeAtStep(Dataset):
     bad_step: int = 0
     value: float = float("inf")
 
-    def train_batches(
-        self, batch_size: int, *, seed: int = 0
-    ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]:
-        for index, (inputs, targets) in enumerate(super().train_batches(batch_size, seed=seed)):
+    @classmethod
+    def like(cls, data: TensorDataset, bad_step: int) -> HugeAtStep:
+        huge = cls(data.spec, data.task, data.train_inputs, data.train_targets,
+                   data.eval_inputs, data.eval_targets)  # fmt: skip
+        huge.bad_step = bad_step
+        return huge
+
+    def train_batches(self, batch_size: int, *, seed: int = 0) -> Iterator[Batch]:
+        for index, batch in enumerate(super().train_batches(batch_size, seed=seed)):
             if index + 1 == self.bad_step:
-                inputs = tuple(torch.full_like(t, self.value) for t in inputs)
-            yield inputs, targets
+                inputs = batch.inputs.map(lambda t: torch.full_like(t, self.value))
+                batch = dataclasses.replace(batch, inputs=inputs)
+            yield batch
 
 
 def test_huge_batch_restores_the_last_good_state(
     qat_stage: Stage, digits_data: Dataset, tmp_path: Path
 ) -> None:
-    data = HugeAtStep(**{f.name: getattr(digits_data, f.name) for f in dataclasses.fields(Dataset)})
-    object.__setattr__(data, "bad_step", 4)
+    data = HugeAtStep.like(digits_data, 4)
     run = QatRun(qat_stage, data, CONFIG, checkpoint_dir=tmp_path, checkpoint_every=2)
     path = tmp_path / CHECKPOINT_NAME
     run.step()

@@ -1,4 +1,12 @@
-"""Resolve a model spec and capture the model with torch.export, with a dynamic batch dimension."""
+"""Resolve a model spec and capture the model with torch.export, with dynamic dimensions.
+
+The batch (dim 0 of every input that has the example's batch size) is dynamic, and so is the
+sequence length (dim 1 of integer inputs of two or more dims: token ids, masks) and any dim
+the user names (`input_ids:1`). They are exported as `Dim.DYNAMIC`, so torch may narrow their
+range (a BERT's sequence to its position embeddings) without failing; what it kept is in
+`CapturedModel.dynamic_dims`. A batch or sequence that cannot be dynamic is captured static
+with a note; a dim the user named that cannot be dynamic is an error.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +23,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 from torch.export import Dim, ExportedProgram
 from torch.fx import GraphModule
 
+from workbench.data import InputSignature
 from workbench.errors import CaptureError, InputShapeError, ModelSpecError, first_line
 from workbench.locks import EXPORT_LOCK
+from workbench.signature import (
+    ModelInputs,
+    SignatureError,
+    leaf_label,
+    output_leaves,
+    parameter_names,
+)
 from workbench.userfile import import_user_file
 
 log = logging.getLogger(__name__)
@@ -67,6 +84,49 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class DynamicDim:
+    """One dimension of one input that the exported program accepts at any size in a range."""
+
+    input: str  # the tensor's name (signature.ModelInputs.named_tensors)
+    dim: int
+    name: str  # batch | seq | the user's
+    min: int
+    max: int | None  # None: unbounded
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "dim": self.dim, "name": self.name, "min": self.min,
+                "max": self.max}  # fmt: skip
+
+    def __str__(self) -> str:
+        top = "∞" if self.max is None else str(self.max)
+        return f"{self.input}:{self.dim} ({self.name}, {self.min}..{top})"
+
+
+@dataclass(frozen=True)
+class DimRequest:
+    """A dimension the user asks to be dynamic: `NAME:DIM` (NAME as in the signature)."""
+
+    input: str
+    dim: int
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[DimRequest, ...]:
+        """`input_ids:1` or `input_ids:1,2`."""
+        name, sep, dims = text.strip().rpartition(":")
+        try:
+            numbers = tuple(int(d) for d in dims.split(",") if d.strip())
+        except ValueError:
+            numbers = ()
+        if not (sep and name and numbers) or min(numbers) < 0:
+            raise InputShapeError(
+                f"'{text}' does not name a dynamic dimension.",
+                "Write INPUT:DIM with the input's name and a dimension number, e.g. "
+                "input_ids:1 (several dims: input_ids:1,2).",
+            )
+        return tuple(cls(name, d) for d in numbers)
+
+
+@dataclass(frozen=True)
 class CapturedModel:
     """A captured model: the exported program plus how it was captured.
 
@@ -76,10 +136,25 @@ class CapturedModel:
 
     spec: ModelSpec
     program: ExportedProgram
-    example_inputs: tuple[torch.Tensor, ...]
-    dynamic_batch: bool
+    example_inputs: ModelInputs
+    dynamic_dims: tuple[DynamicDim, ...]
     export_seconds: float
     notes: tuple[str, ...] = ()
+    parameters: tuple[str, ...] = ()  # the forward's parameter names
+    outputs: tuple[str, ...] = ()  # output leaves by label (signature.leaf_label)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return any(d.dim == 0 for d in self.dynamic_dims)
+
+    def input_names(self) -> list[str]:
+        return [name for name, _ in self.example_inputs.named_tensors(self.parameters)]
+
+    @property
+    def signature(self) -> InputSignature:
+        """What data for this model must look like (workbench.data)."""
+        dims = frozenset((d.input, d.dim) for d in self.dynamic_dims)
+        return InputSignature(self.example_inputs, self.parameters, dims)
 
     def graph_module(self) -> GraphModule:
         """Return a new GraphModule of the captured graph, without the `_guards_fn` input check."""
@@ -96,15 +171,20 @@ def capture(
     spec: str | ModelSpec,
     *,
     input_shape: Sequence[int] | None = None,
+    dynamic: Sequence[DimRequest] = (),
     max_batch: int = MAX_BATCH,
 ) -> CapturedModel:
-    """Resolve `spec` and capture it; `input_shape` replaces the example input (one tensor)."""
+    """Resolve `spec` and capture it; `input_shape` replaces the example input (one tensor).
+
+    `dynamic` names dims to make dynamic besides the batch and sequence (see the module
+    docstring).
+    """
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
     if spec.kind == "pt2":
         return _load_pt2(spec, input_shape)
     model, example_inputs = load_model(spec)
     if input_shape is not None:
-        example_inputs = (_random_input(input_shape),)
+        example_inputs = ModelInputs((_random_input(input_shape),))
     elif example_inputs is None:
         raise InputShapeError(
             f"{spec} returned a model without example inputs.",
@@ -112,13 +192,17 @@ def capture(
             "(--input-shape 4,1,8,8).",
         )
     start = time.perf_counter()
-    program, dynamic, notes = export_model(model, example_inputs, max_batch=max_batch)
-    return CapturedModel(
-        spec, program, example_inputs, dynamic, time.perf_counter() - start, tuple(notes)
+    parameters = parameter_names(model)
+    program, notes = export_model(
+        model, example_inputs, dynamic=dynamic, parameters=parameters, max_batch=max_batch
     )
+    return CapturedModel(
+        spec, program, example_inputs, dynamic_dims(program, parameters),
+        time.perf_counter() - start, tuple(notes), parameters, output_names(program),
+    )  # fmt: skip
 
 
-def load_model(spec: ModelSpec) -> tuple[nn.Module, tuple[torch.Tensor, ...] | None]:
+def load_model(spec: ModelSpec) -> tuple[nn.Module, ModelInputs | None]:
     """Build the eager model named by a sample or Python spec, with its example inputs if any."""
     if spec.kind == "sample":
         return _load_sample(spec.target)
@@ -129,43 +213,213 @@ def load_model(spec: ModelSpec) -> tuple[nn.Module, tuple[torch.Tensor, ...] | N
 
 
 def export_model(
-    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *, max_batch: int = MAX_BATCH
-) -> tuple[ExportedProgram, bool, list[str]]:
-    """Export a private eval-mode copy of `model`, dynamic in the batch dimension when it can be.
+    model: nn.Module,
+    example_inputs: ModelInputs | tuple[Any, ...],
+    *,
+    dynamic: Sequence[DimRequest] = (),
+    parameters: Sequence[str] | None = None,
+    max_batch: int = MAX_BATCH,
+    exactly: Sequence[DynamicDim] | None = None,
+) -> tuple[ExportedProgram, list[str]]:
+    """Export a private eval-mode copy of `model` with dynamic batch, sequence and `dynamic` dims.
 
-    Returns the program, whether the batch dimension is dynamic, and notes for the user.
+    Returns the program and notes for the user. Auto-detected dims that cannot be dynamic are
+    dropped with a note (sequence first, then batch); a requested one raises CaptureError.
+    `exactly` makes those dims dynamic and no others (re-exporting a stage of a captured
+    model keeps its dims; any that fails raises).
     """
     model = copy.deepcopy(model)
     with contextlib.suppress(NotImplementedError):
         # Prepared/converted PT2E modules refuse eval(); they were moved to eval already.
         model.eval()
-    example_inputs = tuple(example_inputs)
+    example_inputs = ModelInputs.of(example_inputs)
+    names = tuple(parameters) if parameters is not None else parameter_names(model)
     export_inputs = _batch_of_two_if_one(example_inputs)
-    dynamic_shapes = _batch_dynamic_shapes(export_inputs, max_batch)
-    try:
-        with EXPORT_LOCK:
-            program = torch.export.export(model, export_inputs, dynamic_shapes=dynamic_shapes)
-        return program, dynamic_shapes is not None, []
-    except Exception as exc:
-        if dynamic_shapes is None or _is_data_dependent(exc):
-            raise _explain_export_failure(exc, model, example_inputs) from exc
-        dynamic_failure = exc
-    # Some models fix their batch size (a reshape with a literal batch, say): capture them
-    # for the example's batch rather than not at all.
-    try:
-        with EXPORT_LOCK:
-            program = torch.export.export(model, example_inputs)
-    except Exception as exc:
-        raise _explain_export_failure(exc, model, example_inputs) from exc
-    note = (
-        f"The batch dimension could not be made dynamic ({first_line(dynamic_failure, limit=160)}"
-        f"), so the model was captured for batch {_batch_size(example_inputs)} only; a reshape "
-        "or view with a literal batch size is the usual cause."
+    if exactly is not None:
+        dynamic = [DimRequest(d.input, d.dim) for d in exactly]
+        wanted = _wanted_dims(export_inputs, names, dynamic, auto=False)
+    else:
+        wanted = _wanted_dims(export_inputs, names, dynamic)
+    # (dims, the kind this attempt gives up): all of them, then without the sequence, then
+    # without the batch (static).
+    attempts: list[tuple[dict[tuple[int, int], str], str | None]] = [(wanted, None)]
+    for kind in ("seq", "batch"):
+        last = attempts[-1][0]
+        if kind in last.values():
+            attempts.append(({key: k for key, k in last.items() if k != kind}, kind))
+    notes: list[str] = []
+    failure: Exception | None = None
+    for dims, dropping in attempts:
+        if dropping is not None and failure is not None:
+            notes.append(_dropped_note(dropping, failure, example_inputs))
+        inputs = export_inputs if "batch" in dims.values() else example_inputs
+        # A failed export leaves its dynamic marks on the tensors: each attempt gets copies.
+        inputs = inputs.map(torch.clone)
+        shapes = _dynamic_shapes(model, inputs, dims, max_batch) if dims else None
+        try:
+            with EXPORT_LOCK:
+                program = torch.export.export(
+                    model, inputs.args, inputs.kwargs or None, dynamic_shapes=shapes
+                )
+            return program, notes
+        except Exception as exc:
+            if _is_data_dependent(exc) or not dims:
+                raise _explain_export_failure(exc, model, example_inputs) from exc
+            if "user" in dims.values() and "seq" not in dims.values():
+                asked = ", ".join(f"{r.input}:{r.dim}" for r in dynamic)
+                raise CaptureError(
+                    f"torch.export cannot make {asked} dynamic: {first_line(exc, limit=240)}",
+                    "Leave those dims static (drop --dynamic), or change the model so that "
+                    "their size is not fixed in code.",
+                ) from exc
+            failure = exc
+    raise AssertionError("the last attempt is static and raises")  # pragma: no cover
+
+
+def _wanted_dims(
+    inputs: ModelInputs,
+    parameters: Sequence[str],
+    requested: Sequence[DimRequest],
+    *,
+    auto: bool = True,
+) -> dict[tuple[int, int], str]:
+    """{(tensor index, dim): "batch" | "seq" | "user"} for the flat tensors of `inputs`."""
+    named = inputs.named_tensors(parameters)
+    by_name = {name: i for i, (name, _) in enumerate(named)}
+    wanted: dict[tuple[int, int], str] = {}
+    batch = inputs.batch_size
+    for i, (_, tensor) in enumerate(named if auto else ()):
+        if batch is not None and tensor.dim() > 0 and tensor.shape[0] == batch:
+            wanted[(i, 0)] = "batch"
+        token_like = not tensor.is_floating_point() and tensor.dim() >= 2
+        if token_like and tensor.shape[1] > 1:
+            wanted[(i, 1)] = "seq"
+    for request in requested:
+        if request.input not in by_name:
+            raise InputShapeError(
+                f"The model has no input named '{request.input}' (asked to make dim "
+                f"{request.dim} dynamic).",
+                f"Name one of its inputs: {', '.join(by_name) or '(none)'}.",
+            )
+        index = by_name[request.input]
+        tensor = named[index][1]
+        if request.dim >= tensor.dim():
+            raise InputShapeError(
+                f"{request.input} has {tensor.dim()} dims, so dim {request.dim} cannot be dynamic.",
+                f"Give a dim from 0 to {tensor.dim() - 1}.",
+            )
+        if tensor.shape[request.dim] < 2:
+            raise InputShapeError(
+                f"{request.input} has size {tensor.shape[request.dim]} in dim {request.dim}: "
+                "torch.export fixes dims of size 0 and 1.",
+                "Give example inputs with at least 2 in that dim.",
+            )
+        wanted[(index, request.dim)] = "user"
+    return wanted
+
+
+def _dynamic_shapes(
+    model: nn.Module, inputs: ModelInputs, dims: dict[tuple[int, int], str], max_batch: int
+) -> Any:
+    """dynamic_shapes for torch.export: the inputs' structure with a dim spec per tensor."""
+    counter = iter(range(len(inputs.tensors())))
+    # One named Dim ties the batch of every input; other dims may be narrowed by torch.
+    batch = Dim("batch", min=1, max=max(max_batch, inputs.batch_size or 1))
+
+    def spec(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return None
+        index = next(counter)
+        own = {dim: batch if kind == "batch" else Dim.DYNAMIC
+               for (i, dim), kind in dims.items() if i == index}  # fmt: skip
+        return own or None
+
+    args, kwargs = pytree.tree_map(spec, (inputs.args, inputs.kwargs))
+    if not kwargs:
+        return tuple(args)
+    bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    return dict(bound.arguments)
+
+
+def _dropped_note(kind: str, exc: Exception, inputs: ModelInputs) -> str:
+    why = first_line(exc, limit=160)
+    if kind == "batch":
+        return (
+            f"The batch dimension could not be made dynamic ({why}), so the model was "
+            f"captured for batch {inputs.batch_size} only; a reshape or view with a literal "
+            "batch size is the usual cause."
+        )
+    return (
+        f"The sequence length (dim 1 of the integer inputs) could not be made dynamic ({why}), "
+        "so the model was captured for the example's length only."
     )
-    return program, False, [note]
 
 
-def _load_sample(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def dynamic_dims(
+    program: ExportedProgram, parameters: Sequence[str] = ()
+) -> tuple[DynamicDim, ...]:
+    """The dims of the program's inputs that are symbolic, with the range torch kept."""
+    placeholders = _user_placeholders(program)
+    names = _placeholder_names(program, parameters, len(placeholders))
+    found: list[DynamicDim] = []
+    kinds: dict[str, str] = {}
+    for name, node in zip(names, placeholders, strict=True):
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        for dim, size in enumerate(val.shape):
+            if isinstance(size, int):
+                continue
+            symbol = str(size)
+            if symbol not in kinds:
+                kinds[symbol] = "batch" if dim == 0 else "seq" if dim == 1 else f"d{dim}"
+            low, high = _symbol_range(program, size)
+            found.append(DynamicDim(name, dim, kinds[symbol], low, high))
+    return tuple(found)
+
+
+def _user_placeholders(program: ExportedProgram) -> list[torch.fx.Node]:
+    names = set(program.graph_signature.user_inputs)
+    return [n for n in program.graph.nodes if n.op == "placeholder" and n.name in names]
+
+
+def _placeholder_names(
+    program: ExportedProgram, parameters: Sequence[str], count: int
+) -> list[str]:
+    """Names of the user inputs as the signature names them (from the program's in_spec)."""
+    in_spec = program.call_spec.in_spec
+    if in_spec is not None:
+        try:
+            args, kwargs = pytree.tree_unflatten([torch.zeros(())] * in_spec.num_leaves, in_spec)
+            named = ModelInputs(tuple(args), dict(kwargs)).named_tensors(parameters)
+            if len(named) == count:
+                return [name for name, _ in named]
+        except (TypeError, ValueError):
+            pass
+    return [n.name for n in _user_placeholders(program)]
+
+
+def _symbol_range(program: ExportedProgram, size: torch.SymInt) -> tuple[int, int | None]:
+    bounds = program.range_constraints.get(size.node.expr)
+    if bounds is None:
+        return 1, None
+    upper = None if "oo" in str(bounds.upper) else int(bounds.upper)  # oo, int_oo: unbounded
+    return int(bounds.lower), upper
+
+
+def output_names(program: ExportedProgram) -> tuple[str, ...]:
+    """The program's output leaves by label (`logits`, `0`, `output` for a bare tensor)."""
+    out_spec = program.call_spec.out_spec
+    if out_spec is None:
+        return ()
+    try:
+        dummy = pytree.tree_unflatten([torch.zeros(())] * out_spec.num_leaves, out_spec)
+    except (TypeError, ValueError):
+        return ()
+    return tuple(leaf_label(path) for path, _ in output_leaves(dummy))
+
+
+def _load_sample(name: str) -> tuple[nn.Module, ModelInputs]:
     import sample_models
 
     if name not in sample_models.SAMPLES:
@@ -173,10 +427,11 @@ def _load_sample(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
             f"There is no sample model '{name}'.",
             "Use one of: " + ", ".join(f"sample:{n}" for n in sample_models.names()) + ".",
         )
-    return sample_models.build(name)
+    model, inputs = sample_models.build(name)
+    return model, ModelInputs.of(inputs)
 
 
-def _call_factory(path: Path, func: str) -> tuple[nn.Module, tuple[torch.Tensor, ...] | None]:
+def _call_factory(path: Path, func: str) -> tuple[nn.Module, ModelInputs | None]:
     module = import_user_file(path, prefix="workbench_user_", error=ModelSpecError)
     module_name = module.__name__
     factory = getattr(module, func, None)
@@ -207,10 +462,11 @@ def _is_module_class(value: Any) -> bool:
     return inspect.isclass(value) and issubclass(value, nn.Module)
 
 
-def _check_factory_result(
-    where: str, result: Any
-) -> tuple[nn.Module, tuple[torch.Tensor, ...] | None]:
-    expected = "return (model, example_inputs): an nn.Module and a tuple of example tensors"
+def _check_factory_result(where: str, result: Any) -> tuple[nn.Module, ModelInputs | None]:
+    expected = (
+        "return (model, example_inputs): an nn.Module and its example inputs (a tensor, a "
+        "tuple of positional arguments, a dict of keyword arguments, or a pair (args, kwargs))"
+    )
     if isinstance(result, nn.Module):
         return result, None
     if not (isinstance(result, tuple | list) and len(result) == 2):
@@ -221,19 +477,27 @@ def _check_factory_result(
             f"{where}() returned {_describe(model)} where an nn.Module belongs.",
             f"Make it {expected}.",
         )
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    if not (isinstance(inputs, tuple | list) and inputs):
-        raise ModelSpecError(
-            f"{where}() returned {_describe(inputs)} as example inputs.", f"Make it {expected}."
-        )
-    if not all(isinstance(t, torch.Tensor) for t in inputs):
-        kinds = ", ".join(type(t).__name__ for t in inputs)
+    try:
+        example = ModelInputs.of(inputs)
+    except SignatureError as exc:
+        raise ModelSpecError(f"{where}() returned {_describe(inputs)} as example inputs.",
+                             f"Make it {expected}.") from exc  # fmt: skip
+    leaves = pytree.tree_leaves((example.args, example.kwargs))
+    strange = sorted({type(v).__name__ for v in leaves
+                      if not isinstance(v, torch.Tensor | int | float | bool)})  # fmt: skip
+    if not example.tensors():
+        kinds = ", ".join(type(v).__name__ for v in (*example.args, *example.kwargs.values()))
         raise ModelSpecError(
             f"{where}() returned example inputs of types ({kinds}); only tensors are supported.",
             f"Make it {expected}.",
         )
-    return model, tuple(inputs)
+    if strange:
+        raise ModelSpecError(
+            f"{where}() returned example inputs holding {', '.join(strange)}; only tensors "
+            "(and plain numbers) are supported.",
+            f"Make it {expected}.",
+        )
+    return model, example
 
 
 def _describe(value: Any) -> str:
@@ -256,25 +520,11 @@ def _random_input(shape: Sequence[int]) -> torch.Tensor:
     return torch.rand(shape, generator=generator)
 
 
-def _batch_size(inputs: tuple[torch.Tensor, ...]) -> int | None:
-    return int(inputs[0].shape[0]) if inputs and inputs[0].dim() > 0 else None
-
-
-def _batch_of_two_if_one(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def _batch_of_two_if_one(inputs: ModelInputs) -> ModelInputs:
     # export specialises a dimension of size 1, so a batch of one cannot become dynamic.
-    if _batch_size(inputs) != 1:
+    if inputs.batch_size != 1:
         return inputs
-    return tuple(torch.cat([t, t]) if t.dim() > 0 and t.shape[0] == 1 else t for t in inputs)
-
-
-def _batch_dynamic_shapes(
-    inputs: tuple[torch.Tensor, ...], max_batch: int
-) -> tuple[dict[int, Any] | None, ...] | None:
-    batch = _batch_size(inputs)
-    if batch is None:
-        return None
-    dim = Dim("batch", min=1, max=max(max_batch, batch))
-    return tuple({0: dim} if t.dim() > 0 and t.shape[0] == batch else None for t in inputs)
+    return inputs.batched(lambda t: torch.cat([t, t]))
 
 
 def _is_data_dependent(exc: Exception) -> bool:
@@ -284,9 +534,7 @@ def _is_data_dependent(exc: Exception) -> bool:
 _USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)\n\s+(.+)')
 
 
-def _explain_export_failure(
-    exc: Exception, model: nn.Module, inputs: tuple[torch.Tensor, ...]
-) -> Exception:
+def _explain_export_failure(exc: Exception, model: nn.Module, inputs: ModelInputs) -> Exception:
     text = str(exc)
     if _is_data_dependent(exc):
         where = ""
@@ -301,11 +549,12 @@ def _explain_export_failure(
         )
     try:
         with torch.no_grad():
-            model(*inputs)
+            inputs.call(model)
     except Exception as eager_exc:
-        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
         return InputShapeError(
-            f"The model does not run on inputs of shape {shapes}: {first_line(eager_exc)}",
+            f"The model does not run on its example inputs "
+            f"({inputs.describe(parameter_names(model))}): "
+            f"{first_line(eager_exc)}",
             "Give example inputs of the shape forward() expects (--input-shape, batch first).",
         )
     return CaptureError(
@@ -343,17 +592,16 @@ def _load_pt2(spec: ModelSpec, input_shape: Sequence[int] | None) -> CapturedMod
         ) from exc
     seconds = time.perf_counter() - start
     if input_shape is not None:
-        inputs: tuple[torch.Tensor, ...] = (_random_input(input_shape),)
+        inputs = ModelInputs((_random_input(input_shape),))
         _check_program_accepts(program, inputs)
     else:
         inputs = _program_example_inputs(program)
-    dynamic = any(
-        not isinstance(d, int)
-        for node in program.graph.nodes
-        if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.Tensor)
-        for d in node.meta["val"].shape
-    )
-    return CapturedModel(spec, program, inputs, dynamic, seconds)
+    with EXPORT_LOCK:
+        parameters = parameter_names(program.module(check_guards=False))
+    return CapturedModel(
+        spec, program, inputs, dynamic_dims(program, parameters), seconds, (), parameters,
+        output_names(program),
+    )  # fmt: skip
 
 
 def _damaged_member(path: Path) -> str | None:
@@ -365,16 +613,16 @@ def _damaged_member(path: Path) -> str | None:
         return None  # not a readable zip at all: torch.export.load reports that below
 
 
-def _check_program_accepts(program: ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> None:
+def _check_program_accepts(program: ExportedProgram, inputs: ModelInputs) -> None:
     expected = ", ".join(
         "(" + ", ".join(str(d) for d in shape) + ")" for shape in _user_input_shapes(program)
     )
-    got = ", ".join(str(tuple(t.shape)) for t in inputs)
+    got = ", ".join(str(tuple(t.shape)) for t in inputs.tensors())
     try:
         with torch.no_grad():
             with EXPORT_LOCK:
                 module = program.module()
-            module(*inputs)
+            inputs.call(module)
     except Exception as exc:
         raise InputShapeError(
             f"The saved program does not accept inputs of shape {got}: {first_line(exc)}",
@@ -391,19 +639,24 @@ def _user_input_shapes(program: ExportedProgram) -> list[tuple[int | str, ...]]:
     ]
 
 
-def _program_example_inputs(program: ExportedProgram) -> tuple[torch.Tensor, ...]:
+def _program_example_inputs(program: ExportedProgram) -> ModelInputs:
     stored = program.example_inputs
-    if stored is not None and stored[0] and not stored[1]:
-        return tuple(t.clone() for t in stored[0])
-    names = set(program.graph_signature.user_inputs)
-    inputs = []
-    for node in program.graph.nodes:
-        if node.op != "placeholder" or node.name not in names:
-            continue
+    if stored is not None and (stored[0] or stored[1]):
+        args, kwargs = pytree.tree_map(
+            lambda v: v.clone() if isinstance(v, torch.Tensor) else v, stored
+        )
+        return ModelInputs(tuple(args), dict(kwargs))
+    generator = torch.Generator().manual_seed(0)
+    leaves = []
+    for node in _user_placeholders(program):
         val = node.meta["val"]
         shape = [d if isinstance(d, int) else max(2, _lower_bound(program, d)) for d in val.shape]
-        inputs.append(torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(val.dtype))
-    return tuple(inputs)
+        leaves.append(torch.rand(shape, generator=generator).to(val.dtype))
+    in_spec = program.call_spec.in_spec
+    if in_spec is None:
+        return ModelInputs(tuple(leaves))
+    args, kwargs = pytree.tree_unflatten(leaves, in_spec)
+    return ModelInputs(tuple(args), dict(kwargs))
 
 
 def _lower_bound(program: ExportedProgram, dim: torch.SymInt) -> int:

@@ -143,6 +143,21 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="overrides the recipe's backend",
     )
+    parser.add_argument(
+        "--output", default=None,
+        help="the output leaf that is the prediction: a name (logits) or an index "
+        "(default: logits, else the first floating-point output); saved in the recipe",
+    )  # fmt: skip
+    parser.add_argument(
+        "--loss", default=None,
+        help="path/to/file.py:FUNC, FUNC(outputs, batch) -> scalar tensor: the QAT loss; "
+        "saved in the recipe",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metric", default=None,
+        help="path/to/file.py:FUNC, FUNC(outputs, batch) -> float, higher is better: the "
+        "quality; saved in the recipe",
+    )  # fmt: skip
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +170,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="example input shape, batch first, e.g. 4,1,8,8 (replaces the model's own)",
     )
+    parser.add_argument(
+        "--dynamic", action="append", default=[], metavar="INPUT:DIM",
+        help="make this dim of this input dynamic too (repeatable), e.g. input_ids:1; the "
+        "batch and the sequence length of integer inputs are dynamic where they can be",
+    )  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="show tracebacks and torch logs")
     parser.add_argument(
         "--no-pattern-cache",
@@ -176,7 +196,6 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from workbench.capture import capture
     from workbench.graph import describe
     from workbench.render import DEFAULT_NODE_BUDGET, dot_to_svg, render_for_screen, to_dot
 
@@ -185,9 +204,7 @@ def _inspect(args: argparse.Namespace) -> int:
             f"--collapse-depth {args.collapse_depth} is not a module depth.",
             "Use 1 for the model's direct children, 2 for theirs, and so on.",
         )
-    captured = capture(args.model, input_shape=args.input_shape)
-    for note in captured.notes:
-        log.warning(note)
+    captured = _capture(args)
     view = describe(_stage_module(args, captured), stage=args.stage)
     if args.format == "json":
         document = {"model": str(captured.spec), **view.as_dict()}
@@ -231,7 +248,8 @@ def _stage_module(args: argparse.Namespace, captured: CapturedModel) -> GraphMod
     prepared = prepare(captured, _recipe(args))
     if args.stage == "prepared":
         return prepared.graph_module
-    data = load_data(_default_data(args.data, captured), captured.example_inputs)
+    recipe = _recipe(args)
+    data = load_data(_default_data(args.data, captured), captured.signature, task=recipe.task())
     return convert(calibrate(prepared, data, batches=4)).graph_module
 
 
@@ -247,8 +265,19 @@ def _recipe(args: argparse.Namespace) -> Recipe:
                 f"Cannot read the recipe {args.recipe}: {exc.strerror}.", "Check the path."
             ) from exc
         recipe = Recipe.from_json(text, source=str(args.recipe))
-    changes = {k: v for k, v in (("mode", args.mode), ("backend", args.backend)) if v}
+    given = ("mode", "backend", "output", "loss", "metric")
+    changes = {k: getattr(args, k) for k in given if getattr(args, k)}
     return dataclasses.replace(recipe, **changes) if changes else recipe
+
+
+def _capture(args: argparse.Namespace) -> CapturedModel:
+    from workbench.capture import DimRequest, capture
+
+    dynamic = [request for text in args.dynamic for request in DimRequest.parse(text)]
+    captured = capture(args.model, input_shape=args.input_shape, dynamic=dynamic)
+    for note in captured.notes:
+        log.warning(note)
+    return captured
 
 
 def _default_data(data: str | None, captured: CapturedModel) -> str:
@@ -258,7 +287,6 @@ def _default_data(data: str | None, captured: CapturedModel) -> str:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from workbench.capture import capture
     from workbench.flow import build
 
     recipe = _recipe(args)
@@ -269,9 +297,7 @@ def _quantize(args: argparse.Namespace) -> int:
     for path in (args.out, args.report, args.recipe_out):
         if path is not None:
             check_writable(path)
-    captured = capture(args.model, input_shape=args.input_shape)
-    for note in captured.notes:
-        log.warning(note)
+    captured = _capture(args)
     recipe_out = args.recipe_out or args.out.with_name(args.out.stem + ".recipe.json")
     result = build(
         captured, recipe, data=_default_data(args.data, captured), out=args.out,
@@ -287,7 +313,8 @@ def _quantize(args: argparse.Namespace) -> int:
         f"wrote {args.out} ({files['bytes']:,} bytes, {files['ratio_to_float']:.2f}x float); "
         f"{quality['metric']} float {quality['float']:.2f}{unit}, "
         f"quantized {quality['quantized']:.2f}{unit}; reload check max |diff| "
-        f"{result.saved.max_abs_diff:.3g}",
+        f"{result.saved.max_abs_diff:.3g} over {len(result.saved.outputs)} output(s)"
+        + "".join(f"; dynamic {d}" for d in result.saved.dynamic_dims),
         file=args.stderr,
     )
     return EXIT_OK

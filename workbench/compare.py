@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import torch
 from torch.fx import GraphModule, Node
 
-from workbench.data import Dataset
+from workbench.data import DataError, Dataset
 from workbench.graph import GraphView, op_family, readable_op
 from workbench.numeric import NodeError, per_node_sqnr, record_outputs
 from workbench.pipeline import evaluate
 from workbench.render import box_of
+from workbench.signature import ModelInputs
 
 # (lower bound in dB, label, fill colour): the first band whose bound the SQNR reaches.
 SQNR_BANDS: tuple[tuple[float, str, str], ...] = (
@@ -46,7 +47,7 @@ class Comparison:
     float_quality: float
     int8_quality: float
     errors: tuple[NodeError, ...]
-    inputs: tuple[torch.Tensor, ...]  # the evaluation batch the errors were measured on
+    inputs: ModelInputs  # the evaluation batch the errors were measured on
     reference: str  # what the errors compare with: "float model" or "float model after QAT"
     reference_module: GraphModule = field(repr=False)  # that model
 
@@ -64,7 +65,11 @@ def compare(
     Per-node errors compare with `reference_gm` when given (after QAT: the float graph with
     the trained weights, `pipeline.trained_float`), else with `float_gm`.
     """
-    inputs = next(iter(data.eval_batches(SQNR_BATCH)))[0]
+    first = next(iter(data.eval_batches(SQNR_BATCH)), None)
+    if first is None:
+        raise DataError(f"The {data.spec} data has no evaluation batches.",
+                        "Give data with an evaluation split (see README, data).")  # fmt: skip
+    inputs = first.inputs.take(min(first.size, SQNR_BATCH))
     reference = float_gm if reference_gm is None else reference_gm
     return Comparison(
         data.quality,
@@ -192,7 +197,7 @@ def activation_grid(
     float_gm: GraphModule,  # the model the NodeError was measured against
     converted_gm: GraphModule,
     error: NodeError,
-    inputs: tuple[torch.Tensor, ...],
+    inputs: ModelInputs,
 ) -> ActivationGrid | None:
     """The float activations behind `error` and the per-tensor grid of its output.
 

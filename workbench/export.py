@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +15,10 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
-from workbench.capture import export_model
+from workbench.capture import DynamicDim, dynamic_dims, export_model
 from workbench.errors import WorkbenchError
 from workbench.locks import EXPORT_LOCK
+from workbench.signature import LeafCheck, ModelInputs, compare_outputs
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,12 @@ class SavedModel:
     max_abs_diff: float
     bit_equal: bool
     batches_checked: int
-    dynamic_batch: bool
+    dynamic_dims: tuple[DynamicDim, ...]
+    outputs: tuple[LeafCheck, ...] = ()  # every output leaf, worst over the batches checked
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return any(d.dim == 0 for d in self.dynamic_dims)
 
 
 def prune(gm: GraphModule) -> GraphModule:
@@ -49,13 +55,21 @@ DEBUG_METADATA = ("from_node", "stack_trace", "nn_module_stack", "torch_fn", "so
 
 
 def program_for(
-    gm: GraphModule, example_inputs: tuple[torch.Tensor, ...], *, keep_debug: bool = False
+    gm: GraphModule,
+    example_inputs: ModelInputs,
+    *,
+    dims: Sequence[DynamicDim] | None = None,
+    parameters: Sequence[str] | None = None,
+    keep_debug: bool = False,
 ) -> ExportedProgram:
-    """Re-export a stage's module (dynamic batch where possible) for saving.
+    """Re-export a stage's module for saving, dynamic in `dims` (those of the capture; None:
+    batch and sequence where possible).
 
     Unless `keep_debug`, per-node debug metadata is left out of the program.
     """
-    program, _, _ = export_model(prune(gm), example_inputs)
+    program, _ = export_model(
+        prune(gm), ModelInputs.of(example_inputs), parameters=parameters, exactly=dims
+    )
     if not keep_debug:
         for node in program.graph.nodes:
             for key in DEBUG_METADATA:
@@ -68,12 +82,14 @@ def save_program(
     path: Path,
     *,
     reference: torch.nn.Module,
-    check_inputs: Iterable[tuple[torch.Tensor, ...]],
+    check_inputs: Iterable[ModelInputs],
     atol: float = 1e-5,
+    parameters: Sequence[str] = (),
 ) -> SavedModel:
     """Save atomically, reload, and compare with `reference` before the file appears at `path`.
 
-    Nothing is left at `path` when anything fails.
+    Every output leaf is compared on every input of `check_inputs`. Nothing is left at
+    `path` when anything fails.
     """
     path = Path(path)
     check_writable(path)
@@ -84,28 +100,39 @@ def save_program(
             saved = time.perf_counter()
             reloaded = torch.export.load(str(tmp)).module()
         reload_seconds = time.perf_counter() - saved
-        worst, equal, count = 0.0, True, 0
+        leaves: dict[str, LeafCheck] = {}
+        count = 0
         with torch.no_grad():
             for inputs in check_inputs:
-                expected, got = _first(reference(*inputs)), _first(reloaded(*inputs))
-                equal = equal and torch.equal(expected, got)
-                worst = max(worst, float((expected - got).abs().max()))
+                inputs = ModelInputs.of(inputs)
+                try:
+                    got = inputs.call(reloaded)
+                except Exception as exc:
+                    raise RuntimeError(
+                        f"the reloaded {path.name} fails on inputs {inputs.describe(parameters)}"
+                        f": {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                        "; the file was not written"
+                    ) from exc
+                for check in compare_outputs(inputs.call(reference), got):
+                    kept = leaves.get(check.output)
+                    leaves[check.output] = LeafCheck(
+                        check.output, check.shape,
+                        max(check.max_abs_diff, kept.max_abs_diff if kept else 0.0),
+                        check.bit_equal and (kept.bit_equal if kept else True),
+                    )  # fmt: skip
                 count += 1
+        worst = max((c.max_abs_diff for c in leaves.values()), default=0.0)
+        equal = all(c.bit_equal for c in leaves.values())
         if worst > atol:
             raise RuntimeError(
                 f"the reloaded {path.name} differs from the in-memory model by {worst:.3g} "
                 f"(tolerance {atol}); the file was not written"
             )
         os.replace(tmp, path)
-    dynamic = any(
-        not isinstance(d, int)
-        for n in program.graph.nodes
-        if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
-        for d in n.meta["val"].shape
-    )
     return SavedModel(
-        path, path.stat().st_size, saved - start, reload_seconds, worst, equal, count, dynamic
-    )
+        path, path.stat().st_size, saved - start, reload_seconds, worst, equal, count,
+        dynamic_dims(program, parameters), tuple(leaves.values()),
+    )  # fmt: skip
 
 
 def program_size(program: ExportedProgram) -> int:
@@ -151,10 +178,3 @@ def _temporary_beside(path: Path) -> Iterator[Path]:
         yield folder / path.name
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _first(out: object) -> torch.Tensor:
-    while isinstance(out, tuple | list):
-        out = out[0]
-    assert isinstance(out, torch.Tensor)
-    return out

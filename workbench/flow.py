@@ -5,6 +5,7 @@ The app runs the same steps one by one; the CLI's `quantize` runs them all throu
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import time
@@ -23,6 +24,7 @@ from workbench.pipeline import (
     QatConfig,
     Stage,
     calibrate,
+    call,
     convert,
     evaluate,
     exported_stage,
@@ -30,7 +32,8 @@ from workbench.pipeline import (
     train_qat,
     trained_float,
 )
-from workbench.recipe import Recipe
+from workbench.recipe import Recipe, check_output
+from workbench.signature import ModelInputs, prediction_label
 
 Progress = Callable[[str, int, int, dict[str, Any]], None]
 QUANT_OPS = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel",
@@ -70,7 +73,8 @@ def build(
     """
     timings: dict[str, float] = {"capture": captured.export_seconds}
     start = time.perf_counter()
-    dataset = load_data(data, captured.example_inputs)
+    check_output(recipe, captured.outputs)
+    dataset = load_data(data, captured.signature, task=recipe.task())
     timings["data"] = time.perf_counter() - start
     float_stage = exported_stage(captured)
     prepared = prepare(captured, recipe)
@@ -125,20 +129,23 @@ def export_stages(
 ) -> BuildResult:
     """Save the converted stage as a reload-checked .pt2 at `out` and make the report.
 
-    The reload check compares outputs on up to four evaluation batches and the example
-    inputs; nothing is written at `out` unless it passes.
+    The reload check compares every output leaf on up to four evaluation batches, the
+    example inputs and the example resized in its dynamic dims (other than the batch);
+    nothing is written at `out` unless it passes.
     """
     timings = dict(timings or {})
     converted = stages["converted"]
     start = time.perf_counter()
-    program = program_for(converted.graph_module, captured.example_inputs)
+    program = program_for(converted.graph_module, captured.example_inputs,
+                          dims=captured.dynamic_dims, parameters=captured.parameters)  # fmt: skip
     timings["export"] = time.perf_counter() - start
-    check = [inputs for inputs, _ in dataset.eval_batches(128)][:4]
+    check = [b.inputs for b in itertools.islice(dataset.eval_batches(128), 4)]
     saved = save_program(
         program,
         out,
         reference=converted.graph_module,
-        check_inputs=[*check, captured.example_inputs],
+        check_inputs=[*check, captured.example_inputs, *resized_examples(captured)],
+        parameters=captured.parameters,
     )
     timings["save"], timings["reload"] = saved.export_seconds, saved.reload_seconds
     return BuildResult(
@@ -202,10 +209,14 @@ def make_report(
     if "trained" in stages:
         quality["fake_quant"] = evaluate(stages["trained"].graph_module, dataset, teacher=float_gm)
     errors = comparison.errors
-    float_bytes = program_size(program_for(float_gm, captured.example_inputs))
+    float_program = program_for(float_gm, captured.example_inputs, dims=captured.dynamic_dims,
+                                parameters=captured.parameters)  # fmt: skip
+    float_bytes = program_size(float_program)
     return {
         "model": str(captured.spec),
         "recipe": recipe.as_dict(),
+        "signature": signature_report(captured, recipe),
+        "dynamic_dims": [d.as_dict() for d in saved.dynamic_dims],
         "quality": quality,
         "per_node_sqnr_reference": comparison.reference,
         "per_node_sqnr_db": [
@@ -245,9 +256,67 @@ def make_report(
             "max_abs_diff": saved.max_abs_diff,
             "bit_equal": saved.bit_equal,
             "dynamic_batch": saved.dynamic_batch,
+            "outputs": [
+                {
+                    "output": c.output,
+                    "shape": list(c.shape),
+                    "max_abs_diff": c.max_abs_diff,
+                    "bit_equal": c.bit_equal,
+                }
+                for c in saved.outputs
+            ],
         },
         "torch": torch.__version__,
     }
+
+
+def signature_report(captured: CapturedModel, recipe: Recipe) -> dict[str, Any]:
+    """The model's inputs (name, shape, dtype), its output leaves and which is the prediction."""
+    inputs = captured.example_inputs.named_tensors(captured.parameters)
+    return {
+        "inputs": [
+            {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            for name, t in inputs
+        ],
+        "outputs": list(captured.outputs),
+        "prediction": prediction_label(
+            call(captured.graph_module(), captured.example_inputs), recipe.output
+        ),
+        **{k: v for k, v in (("loss", recipe.loss), ("metric", recipe.metric)) if v},
+    }
+
+
+def resized_examples(captured: CapturedModel) -> list[ModelInputs]:
+    """The example inputs at another size of each non-batch dynamic dim: twice as long
+    (tiled, within the dim's range) or else half as long, so a reload check covers it."""
+    variants = []
+    names = captured.input_names()
+    sizes = [t.shape for t in captured.example_inputs.tensors()]
+    for kind in dict.fromkeys(d.name for d in captured.dynamic_dims if d.dim != 0):
+        dims = [d for d in captured.dynamic_dims if d.name == kind]
+        first = dims[0]
+        size = int(sizes[names.index(first.input)][first.dim])
+        longer = size * 2 if first.max is None else min(size * 2, first.max)
+        target = longer if longer > size else max(first.min, size // 2)
+        if target != size:
+            wanted = {(names.index(d.input), d.dim) for d in dims}
+            variants.append(_resized(captured.example_inputs, wanted, target))
+    return variants
+
+
+def _resized(inputs: ModelInputs, wanted: set[tuple[int, int]], target: int) -> ModelInputs:
+    """`inputs` with the (tensor index, dim)s in `wanted` tiled or cut to `target`."""
+    counter = iter(range(len(inputs.tensors())))
+
+    def resize(t: torch.Tensor) -> torch.Tensor:
+        index = next(counter)
+        for i, dim in wanted:
+            if i == index:
+                tiles = [-(-target // t.shape[dim]) if d == dim else 1 for d in range(t.dim())]
+                t = t.repeat(*tiles).narrow(dim, 0, target)
+        return t
+
+    return inputs.map(resize)
 
 
 def op_counts(gm: torch.fx.GraphModule) -> dict[str, int]:

@@ -48,6 +48,7 @@ from workbench.numeric import (
     _root,
     record_outputs,
 )
+from workbench.signature import ModelInputs
 
 __all__ = ["FoldReport", "fold_reports"]
 
@@ -84,7 +85,7 @@ class FoldReport:
 
 
 def fold_reports(
-    source: GraphModule, converted: GraphModule, inputs: tuple[torch.Tensor, ...]
+    source: GraphModule, converted: GraphModule, inputs: ModelInputs
 ) -> list[FoldReport]:
     """One report per conv whose batch_norm `source` has and `converted` folded away.
 

@@ -25,7 +25,8 @@ import torch._inductor.config  # torch.compile imports it lazily; freezing is se
 from workbench.data import Dataset
 from workbench.errors import WorkbenchError, first_line
 from workbench.locks import EXPORT_LOCK
-from workbench.pipeline import run
+from workbench.pipeline import call
+from workbench.signature import ModelInputs, max_leaf_diff
 
 Progress = Callable[[str], None]
 
@@ -50,19 +51,19 @@ class Latency:
         return self.float_ms / self.int8_ms
 
 
-def eval_batch(data: Dataset, size: int) -> tuple[torch.Tensor, ...]:
-    """The first `size` evaluation inputs; a smaller evaluation split is repeated to fill."""
-    repeats = -(-size // data.eval_size)  # ceiling division
-    return tuple(
-        t.repeat(repeats, *[1] * (t.dim() - 1))[:size] if repeats > 1 else t[:size]
-        for t in data.eval_inputs
-    )
+def eval_batch(data: Dataset, size: int) -> ModelInputs:
+    """`size` samples from the first evaluation batch, repeated to fill when it is smaller."""
+    first = next(iter(data.eval_batches(size)), None)
+    if first is None:
+        raise WorkbenchError(f"The {data.spec} data has no evaluation batches.",
+                             "Give data with an evaluation split.")  # fmt: skip
+    return first.inputs.take(size)
 
 
 def measure_latency(
     float_gm: torch.nn.Module,
     int8_gm: torch.nn.Module,
-    inputs: tuple[torch.Tensor, ...],
+    inputs: ModelInputs,
     *,
     repeats: int = 20,
     warmup: int = 3,
@@ -91,7 +92,7 @@ def measure_latency(
                 say(f"compiling the {name} model with torch.compile ({backend})…")
                 compiled[name] = torch.compile(model, dynamic=False, backend=backend)
                 with freezing:
-                    compiled[name](*inputs)  # compiles on the first call
+                    inputs.call(compiled[name])  # compiles on the first call
         except Exception as exc:  # torch.compile raises many types (BackendCompilerFailed, ...)
             torch._dynamo.reset()
             raise WorkbenchError(
@@ -104,10 +105,10 @@ def measure_latency(
                             ("float_eager", float_gm), ("int8_eager", int8_gm)):  # fmt: skip
             say(f"timing {name.replace('_', ' ')}…")
             timings[name] = _median_ms(model, inputs, repeats, warmup)
-        diff = (run(compiled["int8"], inputs) - run(int8_gm, inputs)).abs().max()
+        diff = max_leaf_diff(call(compiled["int8"], inputs), call(int8_gm, inputs))
         torch._dynamo.reset()
     return Latency(
-        batch=int(inputs[0].shape[0]),
+        batch=inputs.batch_size or 1,
         threads=torch.get_num_threads(),
         float_ms=timings["float"],
         int8_ms=timings["int8"],
@@ -120,13 +121,13 @@ def measure_latency(
 
 
 def _median_ms(
-    model: Callable[..., object], inputs: tuple[torch.Tensor, ...], repeats: int, warmup: int
+    model: Callable[..., object], inputs: ModelInputs, repeats: int, warmup: int
 ) -> float:
     for _ in range(warmup):
-        model(*inputs)
+        inputs.call(model)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model(*inputs)
+        inputs.call(model)
         times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times)

@@ -50,6 +50,7 @@ from torch.fx import GraphModule, Interpreter, Node
 
 from workbench.graph import op_family, readable_op
 from workbench.locks import EXPORT_LOCK
+from workbench.signature import ModelInputs
 
 __all__ = ["NodeError", "per_node_sqnr", "record_outputs", "sqnr"]
 
@@ -83,11 +84,11 @@ class _Recorder(Interpreter):
         return out
 
 
-def record_outputs(gm: GraphModule, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+def record_outputs(gm: GraphModule, inputs: ModelInputs) -> dict[str, Any]:
     """Run `gm` on `inputs` (no grad, mode untouched) and return every node's output by name."""
     recorder = _Recorder(gm)
     with torch.no_grad(), EXPORT_LOCK:  # results do not depend on other work (locks.py)
-        recorder.run(*inputs)
+        recorder.run(*ModelInputs.of(inputs).placeholders(gm))
     return recorder.values
 
 
@@ -104,7 +105,7 @@ def sqnr(reference: torch.Tensor, actual: torch.Tensor) -> float:
 
 
 def per_node_sqnr(
-    float_gm: GraphModule, converted_gm: GraphModule, inputs: tuple[torch.Tensor, ...]
+    float_gm: GraphModule, converted_gm: GraphModule, inputs: ModelInputs
 ) -> list[NodeError]:
     """Pair each op of `converted_gm` with its float node and measure the error, graph order.
 

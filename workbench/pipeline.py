@@ -22,13 +22,15 @@ from torchao.quantization.pt2e import (
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
 from workbench.capture import CapturedModel
-from workbench.data import Dataset
+from workbench.data import Batch, Dataset
 from workbench.errors import InputShapeError, WorkbenchError, first_line
 from workbench.graph import GraphView, describe
 from workbench.locks import EXPORT_LOCK
 from workbench.qat import RangeRecorder
 from workbench.quantizer import RecipeQuantizer
 from workbench.recipe import Effective, Recipe, validate
+from workbench.signature import ModelInputs
+from workbench.task import Task
 
 Progress = Callable[[int, int, dict[str, Any]], None]
 StopRequested = Callable[[], bool]
@@ -140,10 +142,10 @@ def calibrate(
     start = time.perf_counter()
     done = 0
     with torch.no_grad():
-        for inputs, _ in itertools.islice(data.train_batches(batch_size), batches):
+        for batch in itertools.islice(data.train_batches(batch_size), batches):
             if should_stop is not None and should_stop():
                 break
-            run(model, inputs)
+            call(model, batch.inputs)
             done += 1
             if recorder is not None:
                 recorder.record(done)
@@ -223,29 +225,31 @@ def trained_float(exported: Stage, trained: Stage) -> GraphModule:
     return model
 
 
-def run(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Call a captured/prepared/converted module and return its first output tensor.
+def call(model: torch.nn.Module, inputs: ModelInputs) -> Any:
+    """Call a captured/prepared/converted module on `inputs` and return its whole output.
 
     The call holds the process-wide lock (locks.py): results do not depend on other work.
     """
     try:
         with EXPORT_LOCK:
-            out = model(*inputs)
-    except (RuntimeError, AssertionError) as exc:
-        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+            return inputs.call(model)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
         raise InputShapeError(
-            f"The model failed on inputs of shape {shapes}: {first_line(exc)}",
+            f"The model failed on inputs {inputs.describe()}: {first_line(exc)}",
             "Give data shaped like the model's example inputs.",
         ) from exc
-    while isinstance(out, tuple | list):
-        out = out[0]
-    return out
+
+
+def run(model: torch.nn.Module, inputs: ModelInputs, task: Task | None = None) -> torch.Tensor:
+    """Call the model and return its prediction (the task's output leaf)."""
+    return (task or Task()).prediction(call(model, inputs))
 
 
 def evaluate(
     model: torch.nn.Module, data: Dataset, *, teacher: torch.nn.Module | None = None
 ) -> float:
-    """Quality on the evaluation split: accuracy %, agreement % with `teacher`, or MSE.
+    """Quality on the evaluation split (workbench.task): accuracy % or agreement % with
+    `teacher`, MSE, or the user's metric.
 
     A model with observers is evaluated as a copy with observers off, since observers
     record ranges in eval mode too.
@@ -253,42 +257,30 @@ def evaluate(
     if isinstance(model, GraphModule) and _has_observers(model):
         model = copy.deepcopy(model)
         model.apply(disable_observer)
-    hits, samples, squared, elements = 0.0, 0, 0.0, 0
+    if data.quality == "agreement" and teacher is None:
+        raise ValueError("agreement needs the float model as teacher")
+    total, count, samples = 0.0, 0, 0
     with torch.no_grad():
-        for inputs, targets in data.eval_batches():
-            out = run(model, inputs)
-            samples += int(inputs[0].shape[0])
-            if data.quality == "accuracy":
-                assert targets is not None
-                hits += float((out.argmax(-1) == targets).sum())
-            elif data.quality == "mse":
-                assert targets is not None
-                squared += float(((out - targets.to(out.dtype)) ** 2).sum())
-                elements += out.numel()
-            else:
-                assert teacher is not None
-                hits += float((out.argmax(-1) == run(teacher, inputs).argmax(-1)).sum())
-    if data.quality == "mse":
-        return squared / max(elements, 1)
-    return 100.0 * hits / max(samples, 1)
+        for batch in data.eval_batches():
+            out = call(model, batch.inputs)
+            reference = call(teacher, batch.inputs) if data.quality == "agreement" else None
+            assert data.quality != "agreement" or teacher is not None
+            part, parts = data.task.score(out, batch.raw, batch.targets, reference, batch.size)
+            total, count, samples = total + part, count + parts, samples + batch.size
+    data.counted_eval(samples)
+    return Task.finish(total, count, data.quality)
 
 
 def _loss(
-    model: GraphModule,
-    inputs: tuple[torch.Tensor, ...],
-    targets: torch.Tensor | None,
-    data: Dataset,
-    teacher: GraphModule | None,
+    model: GraphModule, batch: Batch, data: Dataset, teacher: GraphModule | None
 ) -> torch.Tensor:
-    out = run(model, inputs)
-    if data.quality == "accuracy":
-        assert targets is not None
-        return torch.nn.functional.cross_entropy(out, targets)
-    if targets is None:
+    out = call(model, batch.inputs)
+    reference = None
+    if data.needs_teacher(batch):
         assert teacher is not None
         with torch.no_grad():
-            targets = run(teacher, inputs)
-    return torch.nn.functional.mse_loss(out, targets.to(out.dtype))
+            reference = call(teacher, batch.inputs)
+    return data.task.loss_value(out, batch.raw, batch.targets, reference)
 
 
 def _has_observers(model: GraphModule) -> bool:

@@ -13,12 +13,13 @@ import dataclasses
 import difflib
 import fnmatch
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from workbench.errors import WorkbenchError
 from workbench.graph import FAMILIES, GraphView, NodeInfo
+from workbench.task import Task
 
 SCHEMA_VERSION = 1
 BACKENDS = ("x86_inductor", "xnnpack")
@@ -28,6 +29,7 @@ GRANULARITIES = ("per_tensor", "per_channel")
 SCHEMES = ("symmetric", "affine")
 OBSERVERS = ("minmax", "moving_average", "histogram")
 MATCH_KINDS = ("node", "module", "op")
+TASK_FIELDS = ("output", "loss", "metric")
 LEVELS = ("default", "op", "module", "node")  # lowest to highest precedence
 
 MatchKind = Literal["node", "module", "op"]
@@ -132,6 +134,11 @@ class Recipe:
     mode: str = "ptq"
     default: QuantSetting = field(default_factory=QuantSetting)
     overrides: tuple[Override, ...] = ()
+    # The task (workbench.task): which output leaf is the prediction, and the user's loss
+    # and metric functions (path/to/file.py:FUNC); None: the defaults.
+    output: str | None = None
+    loss: str | None = None
+    metric: str | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in (("backend", BACKENDS), ("mode", MODES)):
@@ -139,7 +146,19 @@ class Recipe:
             if value is None:
                 raise RecipeError(f"{name} is null.", f"Use one of: {', '.join(allowed)}.")
             _check_choice(name, value, allowed)
+        for name in TASK_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise RecipeError(
+                    f"{name} is {value!r}.",
+                    "Give a string (output: a leaf name such as logits, or an index; loss and "
+                    "metric: path/to/file.py:FUNC), or leave it out.",
+                )
         object.__setattr__(self, "overrides", tuple(self.overrides))
+
+    def task(self) -> Task:
+        """The prediction leaf, loss and metric this recipe names (imports the user's files)."""
+        return Task.load(self.output, self.loss, self.metric)
 
     def with_overrides(self, *more: Override) -> Recipe:
         return dataclasses.replace(self, overrides=self.overrides + more)
@@ -151,6 +170,7 @@ class Recipe:
             "mode": self.mode,
             "default": self.default.fields_set(),
             "overrides": [o.as_dict() for o in self.overrides],
+            **{name: getattr(self, name) for name in TASK_FIELDS if getattr(self, name)},
         }
 
     def to_json(self) -> str:
@@ -160,7 +180,7 @@ class Recipe:
     def from_dict(cls, data: Any) -> Recipe:
         if not isinstance(data, Mapping):
             raise RecipeError("The recipe is not a JSON object.", "Start it with {.")
-        known = {"version", "backend", "mode", "default", "overrides"}
+        known = {"version", "backend", "mode", "default", "overrides", *TASK_FIELDS}
         unknown = sorted(set(data) - known)
         if unknown:
             raise RecipeError(
@@ -182,6 +202,7 @@ class Recipe:
             mode=data.get("mode", "ptq"),
             default=QuantSetting.from_dict(data.get("default", {}), "default"),
             overrides=tuple(_override_from_dict(o, i) for i, o in enumerate(overrides)),
+            **{name: data[name] for name in TASK_FIELDS if data.get(name) is not None},
         )
 
     @classmethod
@@ -278,3 +299,21 @@ def validate(recipe: Recipe, view: GraphView) -> None:
             "Use node names, module paths and ops from `python -m workbench inspect` "
             f"(op families: {', '.join(f for f in FAMILIES if f not in ('input', 'output'))}).",
         )
+
+
+def check_output(recipe: Recipe, outputs: Sequence[str]) -> None:
+    """Raise RecipeError unless the recipe's `output` names one of the model's output leaves
+    (by label or index); `outputs` as CapturedModel.outputs lists them."""
+    chosen = recipe.output
+    if chosen is None or not outputs:
+        return
+    text = chosen.strip()
+    if text.lstrip("-").isdigit() and -len(outputs) <= int(text) < len(outputs):
+        return
+    if text in outputs or text in (f"['{o}']" for o in outputs):
+        return
+    raise RecipeError(
+        f"The recipe's output '{chosen}' is not an output of this model.",
+        f"Name one of its outputs ({', '.join(outputs)}) or give its index "
+        f"(0 to {len(outputs) - 1}).",
+    )

@@ -35,7 +35,7 @@ from torchao.quantization.pt2e import (
     move_exported_model_to_train,
 )
 
-from workbench.data import Dataset
+from workbench.data import Batch, Dataset
 from workbench.errors import WorkbenchError
 from workbench.locks import EXPORT_LOCK
 from workbench.pipeline import (
@@ -53,7 +53,7 @@ from workbench.qat import RangeRecorder
 CHECKPOINT_FORMAT = "workbench-qat-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "qat-checkpoint.pt"
-Batches = Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]
+Batches = Iterator[Batch]
 
 
 class QatRun:
@@ -81,7 +81,7 @@ class QatRun:
         record_ranges: bool = True,
         meta: dict[str, str | int | float] | None = None,
     ) -> None:
-        if data.quality == "agreement" and teacher is None:
+        if data.needs_teacher() and teacher is None:
             raise ValueError("data without targets needs the float model as teacher")
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -274,9 +274,9 @@ class QatRun:
             freeze_bn_(self.model)
         if step == self.config.observer_freeze_at + 1:
             self.model.apply(disable_observer)
-        inputs, targets = next(self._batches)
+        batch = next(self._batches)
         with EXPORT_LOCK:  # the whole step: results do not depend on other work (locks.py)
-            loss = _loss(self.model, inputs, targets, self.data, self.teacher)
+            loss = _loss(self.model, batch, self.data, self.teacher)
             value = float(loss.item())
             if math.isfinite(value):
                 self.optimizer.zero_grad()

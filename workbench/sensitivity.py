@@ -115,7 +115,7 @@ def iter_sensitivity(
                 f"Not quantized by this recipe (or already kept float): {', '.join(unknown)}.",
                 f"Choose among: {', '.join(quantized)}.",
             )
-    teacher = gm if data.quality == "agreement" else None
+    teacher = gm if data.needs_teacher() else None
     total = 1 + len(candidates)
 
     def measure(plan: Recipe) -> tuple[float, torch.nn.Module]:
@@ -126,7 +126,8 @@ def iter_sensitivity(
 
     baseline, converted = measure(recipe)
     yield SensitivityProgress(1, total, baseline, (), None)
-    inputs = tuple(t[:SQNR_SAMPLES] for t in data.eval_inputs)
+    first = next(iter(data.eval_batches(SQNR_SAMPLES)))
+    inputs = first.inputs.take(min(first.size, SQNR_SAMPLES))
     sqnr_by_node = {e.exported: e.sqnr_db for e in per_node_sqnr(gm, converted, inputs)}
     sign = -1.0 if data.quality == "mse" else 1.0
     order = {name: i for i, name in enumerate(candidates)}
