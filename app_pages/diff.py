@@ -3,8 +3,7 @@
 import streamlit as st
 
 from ui.diff_view import linked_graphs, overlay_graph, stage_diff, tables
-from ui.state import loaded_state, show_error
-from workbench.errors import WorkbenchError
+from ui.state import loaded_state, step
 
 state = loaded_state()
 st.title(f"Diff · {state.spec}")
@@ -14,12 +13,8 @@ else:
     source = "a quick preview on the default data (convert on Train & convert to see yours)"
 st.caption(f"{state.recipe.mode.upper()} with {state.recipe.backend} (set on the Recipe page); "
            f"stages of {source}.")  # fmt: skip
-try:
-    with st.spinner("Preparing, calibrating and converting…"):
-        stages = state.stages()
-except WorkbenchError as exc:
-    show_error(exc)
-    st.stop()
+with step("Building the stages", stop=True), st.spinner("Preparing, calibrating and converting…"):
+    stages = state.stages()
 names = list(stages)
 cols = st.columns([2, 2, 3])
 before = cols[0].selectbox("Before", names, index=names.index("prepared"))
@@ -27,7 +22,8 @@ after = cols[1].selectbox("After", names, index=len(names) - 1)
 if names.index(before) >= names.index(after):
     st.warning("Pick an earlier stage on the left than on the right.")
     st.stop()
-diff = stage_diff(state, before, after)
+with step("Matching the stages", stop=True):
+    diff = stage_diff(state, before, after)
 groups = sorted({c.group for c in diff.changes if c.group and c.kind != "unchanged"})
 focus = cols[2].selectbox("Focus on one group", ["(whole graph)", *groups])
 counts = diff.counts()

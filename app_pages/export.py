@@ -4,8 +4,7 @@ import json
 
 import streamlit as st
 
-from ui.state import loaded_state, show_error
-from workbench.errors import WorkbenchError
+from ui.state import loaded_state, step
 from workbench.flow import export_stages, reproduce_command
 from workbench.latency import eval_batch, measure_latency
 
@@ -27,12 +26,9 @@ st.caption("The file is written only after it reloads with torch.export.load and
 if st.button("Build model.pt2", type="primary"):
     out = state.workspace.folder / "exports" / "model.pt2"
     out.parent.mkdir(exist_ok=True)
-    try:
-        with st.spinner("Converting, exporting, saving and reloading…"):
-            built = export_stages(captured, state.recipe, state.data(), state.stages(), out)
-            state.exported_build = (state.stages_key(), built)
-    except WorkbenchError as exc:
-        show_error(exc)
+    with step("Build model.pt2"), st.spinner("Converting, exporting, saving and reloading…"):
+        built = export_stages(captured, state.recipe, state.data(), state.stages(), out)
+        state.exported_build = (state.stages_key(), built)
 key, build = state.exported_build or ("", None)
 if build is not None and key == state.stages_key():
     report, saved = build.report, build.saved
@@ -56,7 +52,7 @@ if build is not None and key == state.stages_key():
 st.markdown("**Reproduce headless**")
 assert state.spec is not None
 st.code(reproduce_command(state.spec, "recipe.json", mode, schedule.data_spec, schedule.steps,
-                          schedule.batch_size, schedule.qat),
+                          schedule.batch_size, schedule.qat, captured.requested),
         language="bash", wrap_lines=True)  # fmt: skip
 
 st.markdown("**Latency on this CPU** (optional)")
@@ -66,17 +62,14 @@ st.caption("Both models lowered with torch.compile(dynamic=False): Inductor turn
 cols = st.columns([1, 1, 3])
 batch = int(cols[0].number_input("Batch", 1, 4096, 256, key="latency-batch"))
 if cols[1].button("Measure latency"):
-    stages = state.stages()
-    inputs = eval_batch(state.data(), batch)
     status = st.status("Measuring latency…", expanded=True)
-    try:
+    with step("Measure latency") as measuring:
+        stages, inputs = state.stages(), eval_batch(state.data(), batch)
         state.latency = (state.stages_key(), measure_latency(
             stages["exported"].graph_module, stages["converted"].graph_module, inputs,
             progress=status.write))  # fmt: skip
-        status.update(label="Latency measured", state="complete", expanded=False)
-    except WorkbenchError as exc:
-        status.update(label="Latency not measured", state="error")
-        show_error(exc)
+    status.update(label="Latency not measured" if measuring.failed else "Latency measured",
+                  state="error" if measuring.failed else "complete", expanded=False)  # fmt: skip
 key, latency = state.latency or ("", None)
 if latency is not None and key == state.stages_key():
     cols = st.columns(4)

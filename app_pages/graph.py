@@ -4,7 +4,7 @@ import streamlit as st
 
 from ui.editor import node_editor
 from ui.graph_view import graph_view, legend, node_details
-from ui.state import loaded_state, svg_for
+from ui.state import loaded_state
 from workbench.annotate import ANNOTATION_COLOURS, annotation_colours
 from workbench.compare import own_sqnr, sqnr_by_node, sqnr_colours, sqnr_legend
 from workbench.graph import search
@@ -48,7 +48,7 @@ elif colour_by == "SQNR" and converted is not None:
 left, right = st.columns([3, 1])
 with left:
     clicked = graph_view(
-        svg_for(rendered.dot), key="graph", selected=state.selected,
+        rendered.dot, key="graph", selected=state.selected,
         colors=colours,
         highlight=matches, center=matches[0] if matches else None,
     )  # fmt: skip

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import sample_models
-from ui.state import get_state, load_model, show_error
+from ui.state import get_state, load_model, parse_dynamic, show_error, step
 from workbench.graph import module_table
 
 state = get_state()
@@ -34,8 +34,14 @@ else:
             shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
         except ValueError:
             st.error(f"'{text}' is not a shape: write sizes separated by commas, e.g. 4,1,8,8.")
+dims = "" if source == "Upload .pt2" else st.text_input(
+    "Dynamic dimensions (besides the batch and the sequence)", key="model-dynamic",
+    placeholder="input_ids:1, pixel_values:2,3", help="INPUT:DIM, comma or space separated; "
+    "INPUT as the forward names it. Export fails if the model fixes that size.",
+)  # fmt: skip
 if st.button("Load", type="primary", disabled=spec is None) and spec is not None:
-    load_model(state, spec, shape)
+    with step("Load"):
+        load_model(state, spec, shape, parse_dynamic(dims))
 
 if state.error is not None:
     show_error(state.error)
@@ -50,6 +56,9 @@ cols[0].metric("Parameters", f"{captured.parameter_count:,}")
 cols[1].metric("Graph nodes", f"{len(view):,}")
 cols[2].metric("Export time", f"{captured.export_seconds:.2f} s")
 cols[3].metric("Batch", "dynamic" if captured.dynamic_batch else "fixed")
+st.caption(f"Inputs {', '.join(captured.input_names())}; dynamic "
+           f"{', '.join(map(str, captured.dynamic_dims)) or 'none'}; outputs "
+           f"{', '.join(captured.outputs) or '(one tensor)'}.")  # fmt: skip
 for note in captured.notes:
     st.warning(note)
 left, right = st.columns([1, 2])

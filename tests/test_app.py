@@ -559,15 +559,19 @@ def test_the_train_page_uses_the_data_the_user_names(workspace: Path) -> None:
     spec = f"{engine_data.__file__}:small_batches"
     at.text_input(key="data-spec-sample:digits_cnn").set_value(spec).run()
     assert not at.exception and not at.error
-    assert state.data().spec == spec and state.data().train_size == 26
-    assert any("26 training and 6 evaluation samples" in c.value for c in at.caption)
+    # Streamed: sizes are unknown until a pass has counted them.
+    assert state.data().spec == spec and state.data().train_size is None
+    streamed = "? training and ? evaluation samples (streamed; the function's own batches)"
+    assert any(c.value.startswith(streamed) for c in at.caption)
     at.number_input(key="ptq-batches").set_value(2).run()
     next(b for b in at.button if b.label == "Calibrate").click().run()
     next(b for b in at.button if b.label == "Convert").click().run()
     assert not at.exception and not at.error
     converted = state.current()
     assert converted.schedule.data_spec == spec
-    assert converted.comparison.inputs[0].shape[0] == 6  # the evaluation split of that file
+    # Four batches, fewer than five: the last one is the evaluation split.
+    assert converted.comparison.inputs.batch_size == 8
+    assert any(c.value.startswith("? training and 8 evaluation samples") for c in at.caption)
     at.switch_page("app_pages/export.py").run()
     assert f"--data {spec} --steps 2 " in at.code[-1].value
     # A new session (or a restart) comes back with that data.
@@ -579,3 +583,198 @@ def test_the_train_page_uses_the_data_the_user_names(workspace: Path) -> None:
     at.text_input(key="data-spec-sample:digits_cnn").set_value("digits").run()
     assert state.current() is None
     assert any("The recipe or the data changed" in w.value for w in at.warning)
+
+
+def _details(at: AppTest) -> str:
+    """The traceback under the page's one Details expander."""
+    (details,) = [e for e in at.expander if e.label == "Details"]
+    (code,) = details.code
+    return code.value
+
+
+def test_an_unexpected_convert_failure_is_an_error_box_and_loses_nothing(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in Convert (here RuntimeError) is an error box naming the step with the traceback
+    under Details; the recipe (in the session and autosaved) and the calibration stay, and
+    Convert works again once the bug is gone."""
+    import ui.training
+    from workbench.annotate import set_override
+    from workbench.recipe import QuantSetting
+
+    at = _open("train")
+    state = _state(at)
+    state.set_recipe(set_override(state.recipe, "node", "linear", QuantSetting(keep_float=True)))
+    recipe = state.recipe
+    at.number_input(key="ptq-batches").set_value(2).run()
+    next(b for b in at.button if b.label == "Calibrate").click().run()
+    calibrated = state.calibrated
+    assert calibrated is not None
+
+    def broken(stage: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ui.training, "convert", broken)
+    next(b for b in at.button if b.label == "Convert").click().run()
+    assert not at.exception
+    (error,) = at.error
+    assert error.value.startswith("**Convert failed unexpectedly:** `RuntimeError: boom`")
+    assert "The recipe and any trained weights are kept. This is a bug" in error.value
+    trace = _details(at)
+    assert trace.startswith("Traceback (most recent call last):")
+    assert "in convert_section" in trace and trace.endswith("RuntimeError: boom")
+    assert state.recipe == recipe and state.recipe.overrides[0].pattern == "linear"
+    assert state.workspace.load_recipe(state.spec) == recipe
+    assert state.calibrated is calibrated and state.converted is None
+
+    monkeypatch.undo()
+    next(b for b in at.button if b.label == "Convert").click().run()
+    assert not at.exception and not at.error
+    assert state.current() is not None and state.current().stages["calibrated"] is calibrated.tuned
+
+
+def test_a_training_step_that_fails_keeps_the_run_and_resume_finishes_it(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.runner import QatRun
+
+    at = _open_qat("train")
+    for key, value in (("qat-steps", 6), ("qat-batch", 16), ("qat-every", 3)):
+        at.number_input(key=key).set_value(value)
+    at.run()
+    real = QatRun.step
+
+    def flaky(run: QatRun) -> dict:
+        if run.step_count == 4:
+            raise RuntimeError("boom at step 5")
+        return real(run)
+
+    monkeypatch.setattr(QatRun, "step", flaky)
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert not at.exception
+    (error,) = at.error
+    assert error.value.startswith("**Training failed unexpectedly:** `RuntimeError: boom at step")
+    state = _state(at)
+    run = state.qat_run
+    assert run.step_count == 4 and not run.done and [r["step"] for r in run.history] == [3]
+    assert state.recipe.mode == "qat" and state.workspace.load_recipe(state.spec) == state.recipe
+
+    monkeypatch.undo()
+    next(b for b in at.button if b.label == "Resume").click().run()
+    assert not at.exception and not at.error
+    assert state.qat_run is run and run.done and [r["step"] for r in run.history] == [3, 6]
+
+
+def test_a_missing_graphviz_and_a_failing_page_are_error_boxes(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    import workbench.graph
+    import workbench.render
+    from ui.state import svg_for
+
+    at = _open()
+    svg_for.clear()  # lay the graph out again, without Graphviz
+    monkeypatch.setattr(workbench.render, "shutil", types.SimpleNamespace(which=lambda _: None))
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "**Graphviz 'dot' is not installed, so the graph cannot be laid out.**\n\n"
+        "Install it: apt-get install graphviz (Debian/Ubuntu) or brew install graphviz."
+    ]
+    assert _components(at) == []
+    assert [t.value for t in at.title] == ["Graph · sample:digits_cnn"]  # the page went on
+    monkeypatch.undo()
+    at.run()
+    assert not at.error and _component(at)["svg"].count('class="node"') == 19
+
+    def broken(view: object, query: str) -> list[str]:
+        raise KeyError(query)
+
+    monkeypatch.setattr(workbench.graph, "search", broken)
+    at.text_input(key="graph-search").input("block1").run()
+    assert not at.exception
+    (error,) = at.error
+    assert error.value.startswith("**The Graph page failed unexpectedly:** `KeyError: 'block1'`")
+    assert "in <module>" in _details(at)
+
+
+def test_model_page_loads_a_factory_with_keyword_inputs(workspace: Path) -> None:
+    """tests/models/hf_models.py:bert returns (model, {"input_ids": ..., "attention_mask": ...})."""
+    spec = f"{ROOT / 'tests' / 'models' / 'hf_models.py'}:bert"
+    at = _open("model")
+    at.radio[0].set_value("Python file").run()
+    next(t for t in at.text_input if t.label == "Spec").input(spec).run()
+    at.text_input(key="model-dynamic").input("input_ids:2").run()
+    at.button[0].click().run()
+    assert not at.exception
+    (error,) = at.error
+    assert error.value.startswith("**input_ids has 2 dims, so dim 2 cannot be dynamic.**")
+    assert _state(at).spec == "sample:digits_cnn"
+
+    at.text_input(key="model-dynamic").input("input_ids:1, attention_mask:1").run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert {m.label: m.value for m in at.metric} == {
+        "Parameters": "23,491", "Graph nodes": "141", "Export time": at.metric[2].value,
+        "Batch": "dynamic",
+    }  # fmt: skip
+    assert [s.value for s in at.subheader] == [f"Loaded: {spec}"]
+    assert "Inputs input_ids, attention_mask; dynamic input_ids:0 (batch, 1..4096), " \
+           "input_ids:1 (seq, 2..64), attention_mask:0 (batch, 1..4096), attention_mask:1 " \
+           "(seq, 2..64); outputs logits." in [c.value for c in at.caption]  # fmt: skip
+    captured = _state(at).captured
+    assert captured.example_inputs.args == ()
+    assert list(captured.example_inputs.kwargs) == ["input_ids", "attention_mask"]
+
+    at.switch_page("app_pages/train.py").run()
+    assert not at.exception and not at.error
+    output = next(s for s in at.selectbox if s.label == "Prediction output")
+    assert output.options == ["(automatic)", "logits"] and output.value == "(automatic)"
+    assert any(c.value.endswith("quality is agreement.") for c in at.caption)
+
+
+def test_the_task_row_sets_the_recipes_output_and_metric(workspace: Path, tmp_path: Path) -> None:
+    """A metric function from a file replaces accuracy; a bad one is an error box and the
+    recipe stays."""
+    metric = tmp_path / "metrics.py"
+    metric.write_text("def top1(outputs, batch):\n"
+                      "    return (outputs.argmax(-1) == batch[1]).float().mean()\n")  # fmt: skip
+    at = _open("train")
+    state = _state(at)
+    assert any(c.value.endswith("quality is accuracy.") for c in at.caption)
+    next(t for t in at.text_input if t.label == "Metric function").input("nope.py:top1").run()
+    assert not at.exception
+    (error,) = at.error
+    assert "nope.py" in error.value
+    assert state.recipe == Recipe() and state.workspace.load_recipe(state.spec) is None
+
+    next(t for t in at.text_input if t.label == "Metric function").input(f"{metric}:top1").run()
+    next(s for s in at.selectbox if s.label == "Prediction output").select("output").run()
+    assert not at.exception and not at.error
+    assert (state.recipe.output, state.recipe.metric) == ("output", f"{metric}:top1")
+    assert state.workspace.load_recipe(state.spec) == state.recipe
+    assert any(c.value.endswith("quality is metric.") for c in at.caption)
+    assert next(t for t in at.text_input if t.label == "Metric function").value == f"{metric}:top1"
+
+
+def test_a_step_lets_st_stop_and_st_rerun_through() -> None:
+    def script() -> None:
+        import streamlit as st
+
+        from ui.state import step
+
+        runs = st.session_state["runs"] = st.session_state.get("runs", 0) + 1
+        with step("Rerun"):
+            if runs == 1:
+                st.rerun()
+        with step("Stop"):
+            st.markdown("before stop")
+            st.stop()
+        st.markdown("after stop")
+
+    at = AppTest.from_function(script).run()
+    assert not at.exception and not at.error
+    assert at.session_state["runs"] == 2  # st.rerun ran the script again
+    assert [m.value for m in at.markdown] == ["before stop"]  # st.stop stopped it

@@ -371,5 +371,62 @@ def test_whole_journey_annotate_train_convert_sqnr_export(  # type: ignore[no-un
     assert run.done
     in_app = convert(run.stage()).graph_module
     downloaded = torch.export.load(str(files["model.pt2"])).module()
-    for inputs, _ in data.eval_batches(128):
-        assert torch.equal(downloaded(*inputs), in_app(*inputs))
+    for batch in data.eval_batches(128):
+        assert torch.equal(batch.inputs.call(downloaded), batch.inputs.call(in_app))
+
+
+def test_hf_resnet_load_calibrate_convert_export(server: str, page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A transformers ResNet returning a ModelOutput, from its factory file to a .pt2 whose
+    outputs equal the same PTQ run made here."""
+    import torch
+
+    from workbench.capture import capture
+    from workbench.data import load_data
+    from workbench.pipeline import calibrate, call, convert, prepare
+    from workbench.recipe import Recipe
+
+    spec = str(ROOT / "tests" / "models" / "hf_models.py") + ":resnet"
+    page.goto(server)
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
+    page.get_by_role("link", name="Model").click()
+    page.get_by_text("Python file").click()
+    page.get_by_label("Spec").fill(spec)
+    page.get_by_label("Spec").press("Enter")
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Load", exact=True).click()
+    try:
+        page.get_by_text(f"Loaded: {spec}").wait_for(timeout=120_000)
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "hf_resnet_model.png"), full_page=True)
+    page.get_by_text("outputs logits").first.wait_for(timeout=30_000)
+
+    page.get_by_role("link", name="Train & convert").click()
+    page.get_by_role("button", name="Calibrate").click()
+    page.get_by_text("calibrate: 16 batches of 64 from random").first.wait_for(timeout=120_000)
+    page.get_by_role("button", name="Convert").click()
+    page.get_by_text("int8 agreement").first.wait_for(timeout=120_000)
+    page.screenshot(path=str(ARTIFACTS / "hf_resnet_train.png"), full_page=True)
+
+    page.get_by_role("link", name="Export").click()
+    page.get_by_text("The model converted on the Train & convert page").first.wait_for(
+        timeout=60_000
+    )
+    page.get_by_role("button", name="Build model.pt2").click()
+    page.get_by_text("bit-equal").first.wait_for(timeout=120_000)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="model.pt2", exact=True).click()
+    target = tmp_path / "model.pt2"
+    download.value.save_as(target)
+    page.screenshot(path=str(ARTIFACTS / "hf_resnet_export.png"), full_page=True)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.get_by_text("failed unexpectedly").count() == 0
+
+    captured = capture(spec)
+    data = load_data("random", captured.signature)
+    calibrated = calibrate(prepare(captured, Recipe()), data, batches=16, batch_size=64)
+    in_process = convert(calibrated).graph_module
+    downloaded = torch.export.load(str(target)).module()
+    for batch in data.eval_batches(100):
+        got, expected = call(downloaded, batch.inputs), call(in_process, batch.inputs)
+        assert type(got).__name__ == "ImageClassifierOutputWithNoAttention"
+        assert torch.equal(got.logits, expected.logits)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import streamlit as st
 
-from ui.state import AppState, Converted, show_error
+from ui.state import AppState, Converted, step
 from workbench.annotate import set_override
 from workbench.charts import (
     activation_grid_figure,
@@ -25,7 +25,6 @@ from workbench.compare import (
     weight_nodes,
     worst_first,
 )
-from workbench.errors import WorkbenchError
 from workbench.numeric import NodeError
 from workbench.sensitivity import iter_sensitivity, suggest_overrides
 
@@ -196,11 +195,9 @@ def _run_sensitivity(state: AppState, nodes: list[str]) -> None:
     key = state.work_key()
     st.button("Stop sensitivity", key="sens-stop", help="Keeps the nodes measured so far.")
     bar = st.progress(0.0, text="Baseline: every node quantized…")
-    try:
+    with step("Sensitivity"):  # the nodes measured before a failure are kept
         for progress in iter_sensitivity(state.captured, state.recipe, state.data(), nodes=nodes):
             state.sensitivity = (key, progress)
             what = "baseline" if progress.node is None else progress.node
             text = f"{progress.done}/{progress.total} runs · measured {what}"
             bar.progress(progress.done / progress.total, text=text)
-    except WorkbenchError as exc:
-        show_error(exc)

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from ui.graph_view import graph_view, legend
-from ui.state import AppState, svg_for
+from ui.state import AppState
 from workbench.checks import check_converted
 from workbench.diff import (
     DIFF_COLOURS,
@@ -60,7 +60,7 @@ def linked_graphs(
                 drawn = [n for n in counterparts if n in view and not view[n].is_param]
                 mine = drawn[-1] if drawn else None
             clicked = graph_view(
-                svg_for(dot), key=f"diff-{side}", selected=mine, highlight=group_side,
+                dot, key=f"diff-{side}", selected=mine, highlight=group_side,
                 center=mine, height="60vh",
             )  # fmt: skip
             if clicked and (side, clicked) != state.diff_selected:
@@ -76,7 +76,7 @@ def overlay_graph(state: AppState, diff: StageDiff, names: tuple[str, str]) -> N
     """One graph: the after stage with the removed nodes of the before stage drawn in."""
     legend(DIFF_COLOURS)
     before, after = (state.stage_view(n) for n in names)
-    clicked = graph_view(svg_for(overlay_to_dot(before, after, diff)), key="diff-overlay",
+    clicked = graph_view(overlay_to_dot(before, after, diff), key="diff-overlay",
                          selected=state.selected, height="70vh")  # fmt: skip
     if clicked:
         st.caption(f"{clicked}: {_describe(diff, clicked)}")

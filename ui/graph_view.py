@@ -1,4 +1,4 @@
-"""A zoomable, pannable Graphviz SVG that reports which node was clicked (components v2)."""
+"""A zoomable, pannable Graphviz graph that reports which node was clicked (components v2)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import streamlit as st
 
+from ui.state import step, svg_for
 from workbench.graph import NodeInfo
 from workbench.numeric import NodeError
 from workbench.recipe import Effective
@@ -125,7 +126,7 @@ def _ignore() -> None:
 
 
 def graph_view(
-    svg: str,
+    dot: str,
     *,
     key: str,
     selected: str | None = None,
@@ -134,11 +135,17 @@ def graph_view(
     center: str | None = None,
     height: str = "70vh",
 ) -> str | None:
-    """Show `svg`; returns the id of the node clicked in this rerun, if any.
+    """Lay out `dot` and show it; returns the id of the node clicked in this rerun, if any.
 
     `colors` recolours nodes in the browser (no new layout), `highlight` outlines search
-    matches and `center` scrolls one node into the middle once.
+    matches and `center` scrolls one node into the middle once. A failed layout (no Graphviz)
+    is an error box in the graph's place.
     """
+    svg: str | None = None
+    with step("Graph layout"):
+        svg = svg_for(dot)
+    if svg is None:
+        return None
     data = {
         "svg": svg, "svg_key": f"{len(svg)}:{hash(svg)}", "selected": selected,
         "colors": colors, "highlight": highlight or [], "center": center, "height": height,

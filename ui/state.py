@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import logging
+import re
 import sys
 import threading
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 import streamlit as st
+from streamlit.errors import FragmentHandledException
 
 from sample_models import DEFAULT_SAMPLE
-from workbench.capture import CapturedModel, ModelSpec
+from workbench.capture import CapturedModel, DimRequest, ModelSpec
 from workbench.capture import capture as _capture
 from workbench.compare import Comparison
 from workbench.data import Dataset, default_data_spec, load_data
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 from workbench.flow import BuildResult
 from workbench.graph import GraphView, describe
 from workbench.latency import Latency
@@ -44,6 +49,7 @@ from workbench.sensitivity import SensitivityProgress
 from workbench.workspace import Workspace
 
 STATE_KEY = "workbench"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class AppState:
     data_spec: str | None = None  # None: the model's default data
     _float_quality: float | None = None
     _data: Dataset | None = None
+    _data_task: tuple[str | None, ...] = ()
     _rendered: dict[int | None, Rendered] = field(default_factory=dict)
     _stages: tuple[str, dict[str, Stage]] | None = None
     _views: dict[tuple[str, str], GraphView] = field(default_factory=dict)
@@ -136,19 +143,27 @@ class AppState:
 
     def data(self) -> Dataset:
         """The data chosen on the Train & convert page, else the default for the model
-        (digits for 1x8x8 inputs, random otherwise); loaded once."""
+        (digits for 1x8x8 inputs, random otherwise), judged by the recipe's task (output,
+        loss, metric); loaded once per data and task."""
         assert self.captured is not None
+        task = self.recipe.task
+        key = (self.recipe.output, self.recipe.loss, self.recipe.metric)
         if self._data is None:
-            inputs = self.captured.example_inputs
-            self._data = load_data(self.data_spec or default_data_spec(inputs), inputs)
+            spec = self.data_spec or default_data_spec(self.captured.example_inputs)
+            self._data = load_data(spec, self.captured.signature, task=task())
+            self._data_task = key
+        elif self._data_task != key:
+            self._data, self._data_task = self._data.with_task(task()), key
+            self._float_quality = None
         return self._data
 
     def set_data(self, spec: str) -> None:
         """Use the data `spec` names (see workbench.data) and autosave the choice; on error
         keep the current data."""
         assert self.captured is not None and self.spec is not None
-        data = load_data(spec, self.captured.example_inputs)
+        data = load_data(spec, self.captured.signature, task=self.recipe.task())
         self.data_spec, self._data, self._float_quality = spec, data, None
+        self._data_task = (self.recipe.output, self.recipe.loss, self.recipe.metric)
         self.workspace.save_data_spec(self.spec, spec)
 
     def float_quality(self) -> float:
@@ -239,6 +254,52 @@ def show_error(exc: WorkbenchError) -> None:
     st.error(f"**{exc.problem}**\n\n{exc.fix}", icon="🚫")
 
 
+def show_bug(step: str, exc: Exception) -> None:
+    """An unexpected failure: the step and the exception, that nothing is lost, the traceback."""
+    message = f"{type(exc).__name__}: {first_line(exc)}".replace("`", "'")
+    st.error(f"**{step} failed unexpectedly:** `{message}`\n\nThe recipe and any trained "
+             "weights are kept. This is a bug in the workbench: please report it with the "
+             "details below.", icon="🐞")  # fmt: skip
+    with st.expander("Details"):
+        st.code("".join(traceback.format_exception(exc)), language="text")
+
+
+class Step:
+    """A guard around one step of a page (a page, Calibrate, Convert...): no traceback escapes.
+
+    A WorkbenchError shows as `show_error` shows it, any other exception as `show_bug`;
+    Streamlit's st.rerun and st.stop pass (they are BaseExceptions). Afterwards `failed` says
+    whether the step failed; with `stop=True` the page stops there on a failure. The guarded
+    code sets no state before it has succeeded, so a failure loses nothing.
+    """
+
+    def __init__(self, name: str, *, stop: bool = False) -> None:
+        self.name, self.stop, self.failed = name, stop, False
+
+    def __enter__(self) -> Step:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if not isinstance(exc, Exception) or isinstance(exc, FragmentHandledException):
+            return False  # success, or Streamlit's own control flow
+        self.failed = True
+        if isinstance(exc, WorkbenchError):
+            show_error(exc)
+        else:
+            log.exception("%s failed", self.name, exc_info=exc)
+            show_bug(self.name, exc)
+        if self.stop:
+            st.stop()
+        return True
+
+
+def step(name: str, *, stop: bool = False) -> Step:
+    """Guard one step of a page: `with step("Convert"): ...` (see Step)."""
+    return Step(name, stop=stop)
+
+
 def get_state() -> AppState:
     """The session's state, created on first use with the start-up model loaded."""
     install_pattern_cache()
@@ -267,13 +328,19 @@ def startup_spec(workspace: Workspace) -> str:
     return str(known.model or workspace.last_spec() or f"sample:{DEFAULT_SAMPLE}")
 
 
-def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None = None) -> bool:
+def load_model(
+    state: AppState,
+    spec: str,
+    input_shape: tuple[int, ...] | None = None,
+    dynamic: tuple[DimRequest, ...] = (),
+) -> bool:
     """Capture `spec` into `state`; on failure keep the previous model and record the error.
 
-    The workspace's autosaved recipe for this model comes back with it.
+    `dynamic` names dims to make dynamic besides the batch and sequence. The workspace's
+    autosaved recipe for this model comes back with it.
     """
     try:
-        captured, view = _cached_capture(spec, input_shape, _file_stamp(spec))
+        captured, view = _cached_capture(spec, input_shape, dynamic, _file_stamp(spec))
     except WorkbenchError as exc:
         state.error = exc
         return False
@@ -307,10 +374,20 @@ def load_model(state: AppState, spec: str, input_shape: tuple[int, ...] | None =
 
 @st.cache_resource(show_spinner="Capturing the model with torch.export…", max_entries=16)
 def _cached_capture(
-    spec: str, input_shape: tuple[int, ...] | None, stamp: float | None
+    spec: str,
+    input_shape: tuple[int, ...] | None,
+    dynamic: tuple[DimRequest, ...],
+    stamp: float | None,
 ) -> tuple[CapturedModel, GraphView]:
-    captured = _capture(spec, input_shape=input_shape)
+    captured = _capture(spec, input_shape=input_shape, dynamic=dynamic)
     return captured, describe(captured.graph_module(), stage="exported")
+
+
+def parse_dynamic(text: str) -> tuple[DimRequest, ...]:
+    """Dims from `input_ids:1 attention_mask:1` (comma or space separated; `x:1,2` is two)."""
+    # Split only before a name: the commas of `x:1,2` stay with their input.
+    parts = re.split(r"[\s,]+(?=[^\s,]*:)", text.strip())
+    return tuple(request for part in parts if part for request in DimRequest.parse(part))
 
 
 def _file_stamp(spec: str) -> float | None:

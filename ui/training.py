@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from ui.state import AppState, Converted, Schedule, Tuned, show_error
+from ui.state import AppState, Converted, Schedule, Tuned, step
 from workbench.charts import (
     accuracy_drift_figure,
     channel_ranges_figure,
@@ -19,7 +19,6 @@ from workbench.charts import (
     observer_range_figure,
 )
 from workbench.compare import compare
-from workbench.errors import WorkbenchError
 from workbench.pipeline import (
     QatConfig,
     calibrate,
@@ -29,6 +28,7 @@ from workbench.pipeline import (
     trained_float,
 )
 from workbench.qat import FakeQuantInfo
+from workbench.recipe import check_output
 from workbench.runner import CHECKPOINT_NAME, QatRun
 
 REDRAW_SECONDS = 0.5  # while training, the live charts are redrawn this often
@@ -37,28 +37,67 @@ PROGRESS_SECONDS = 0.1  # the progress bar is updated at most this often
 
 def data_picker(state: AppState) -> None:
     """The data that calibration, training and every measurement on the page use."""
-    try:
+    with step("Loading the data", stop=True):  # the model's default data may not fit it
         current = state.data().spec
-    except WorkbenchError as exc:  # the model's default data does not fit it
-        show_error(exc)
-        st.stop()
     spec = st.text_input(
         "Data", current, key=f"data-spec-{state.spec}",
-        help="digits (scikit-learn's bundled digits, for 1x8x8 inputs) | random (inputs shaped "
-             "like the example inputs; quality = agreement with the float model) | "
-             "path/to/file.py:FUNC, where FUNC() yields (inputs, targets) batches: this runs "
-             "that file's code. The last 20 % evaluates.",
+        help="digits (scikit-learn's bundled digits, for 1x8x8 inputs) | random (inputs like "
+             "the example inputs, in their value ranges; quality = agreement with the float "
+             "model) | path/to/file.py:FUNC: this runs that file's code. FUNC(split) returns "
+             "the 'train' or 'eval' batches (a DataLoader, a generator); a FUNC() without a "
+             "parameter evaluates on every fifth batch. Batches are (inputs, targets) or dicts "
+             "keyed by the forward's parameters, the target under 'labels'.",
     ).strip()  # fmt: skip
     if spec and spec != current:
-        try:
+        with step("Loading the data") as loading:
             state.set_data(spec)
-        except WorkbenchError as exc:
-            show_error(exc)
+        if loading.failed:
             return
         st.rerun()
     data = state.data()
-    st.caption(f"{data.train_size:,} training and {data.eval_size:,} evaluation samples; "
-               f"quality is {data.quality}.")  # fmt: skip
+    st.caption(f"{data.describe()}; quality is {data.quality}.")
+
+
+def task_picker(state: AppState) -> None:
+    """The recipe's task: which output is the prediction, and the user's loss and metric."""
+    assert state.captured is not None
+    recipe, outputs, auto = state.recipe, state.captured.outputs, "(automatic)"
+    choices = list(dict.fromkeys([auto, *outputs, recipe.output or auto]))
+    # Keys carry the recipe's values: a recipe changed elsewhere shows afresh here.
+    key = f"task-{state.spec}-{recipe.output}-{recipe.loss}-{recipe.metric}"
+    with st.expander("Task: prediction, loss and metric"):
+        cols = st.columns(3)
+        output = cols[0].selectbox(
+            "Prediction output", choices, choices.index(recipe.output or auto), key=f"{key}-out",
+            help="The output leaf that evaluation and the QAT loss read; automatic: logits if "
+                 "the model returns them, else the first floating-point output.",
+        )  # fmt: skip
+        loss = _function_input(cols[1], "Loss function", recipe.loss, f"{key}-loss",
+                               "a scalar tensor to minimise")  # fmt: skip
+        metric = _function_input(cols[2], "Metric function", recipe.metric, f"{key}-metric",
+                                 "a number, higher is better")  # fmt: skip
+        chosen = dataclasses.replace(recipe, output=None if output == auto else output,
+                                     loss=loss, metric=metric)  # fmt: skip
+        if chosen == recipe:
+            return
+        with step("Task") as checking:
+            check_output(chosen, outputs)
+            state.data().with_task(chosen.task())  # imports the files; checks they fit the data
+    if not checking.failed:
+        state.set_recipe(chosen)
+        st.rerun()
+
+
+def _function_input(
+    place: DeltaGenerator, label: str, current: str | None, key: str, returns: str
+) -> str | None:
+    """A text input for a user's `path/to/file.py:FUNC`; None when left empty."""
+    text = place.text_input(
+        label, current or "", key=key, placeholder="path/to/file.py:FUNC",
+        help=f"FUNC(outputs, batch) returns {returns}; empty: chosen from the data's "
+             "targets. This runs that file's code.",
+    )  # fmt: skip
+    return text.strip() or None
 
 
 # --- QAT -------------------------------------------------------------------------------------
@@ -82,18 +121,21 @@ def qat_section(state: AppState) -> Callable[[], Tuned] | None:
                               placeholder=f"auto: {int(steps * 0.6)} (60 %)")  # fmt: skip
     obs = cols[2].number_input("Freeze observers after step", 0, 100_000, None, key="qat-obs",
                                placeholder=f"auto: {int(steps * 0.8)} (80 %)")  # fmt: skip
-    epochs = steps * batch / max(1, state.data().train_size)
-    cols[3].caption(f"{steps} steps of {batch} ≈ {epochs:.2f} epochs of the "
-                    f"{state.data().train_size:,} training samples.")  # fmt: skip
+    train_size = state.data().train_size
+    if train_size is None:
+        cols[3].caption(f"{steps} steps, one batch of the data function each (its own batch "
+                        "size).")  # fmt: skip
+    else:
+        cols[3].caption(f"{steps} steps of {batch} ≈ {steps * batch / max(1, train_size):.2f} "
+                        f"epochs of the {train_size:,} training samples.")  # fmt: skip
     buttons = st.columns([1, 3, 1, 3])
     if buttons[0].button("Start", type="primary"):
         config = QatConfig(steps=steps, batch_size=batch, lr=lr, optimizer=optimizer,
                            freeze_bn_step=None if bn is None else int(bn),
                            freeze_observer_step=None if obs is None else int(obs))  # fmt: skip
-        try:
+        with step("Start") as starting:
             state.qat_run = _new_run(state, config, every)
-        except WorkbenchError as exc:
-            show_error(exc)
+        if starting.failed:
             return None
         state.converted = None
     run = state.qat_run
@@ -117,7 +159,7 @@ def qat_section(state: AppState) -> Callable[[], Tuned] | None:
     charts.draw(run, training=train_now)
     if train_now:
         drawn = shown = time.monotonic()
-        try:
+        with step("Training") as training:
             while not run.done:
                 record = run.step()
                 now = time.monotonic()
@@ -129,9 +171,8 @@ def qat_section(state: AppState) -> Callable[[], Tuned] | None:
                 if run.done or now - drawn > REDRAW_SECONDS:
                     charts.draw(run, training=not run.done)
                     drawn = time.monotonic()
-        except WorkbenchError as exc:
-            charts.draw(run)
-            show_error(exc)
+        if training.failed:
+            charts.draw(run)  # the run keeps the steps it made; Resume continues from there
         stop.empty()
     if run.step_count == 0:
         return None
@@ -189,23 +230,21 @@ def _checkpointed_run(state: AppState, place: DeltaGenerator) -> QatRun | None:
     meta, settings = found["meta"], found["settings"]
     if meta != _run_meta(state, int(meta.get("eval_every", 0))):
         return None  # another recipe or data: Start trains afresh
-    step, steps = int(found["step"]), int(settings["steps"])
-    label = (f"Resume checkpoint (step {step} of {steps})" if step < steps
+    done, steps = int(found["step"]), int(settings["steps"])
+    label = (f"Resume checkpoint (step {done} of {steps})" if done < steps
              else f"Load checkpoint ({steps} steps, done)")  # fmt: skip
     if not place.button(label, help=f"Saved in {folder}"):
         return None
     captured = state.captured
     assert captured is not None
-    try:
+    with step("Resume checkpoint"):
         run = QatRun.resume(folder / CHECKPOINT_NAME, prepare(captured, state.recipe),
                             state.data(), QatRun.config_of(settings),
                             teacher=exported_stage(captured).graph_module,
                             eval_every=int(meta["eval_every"]), checkpoint_dir=folder)  # fmt: skip
-    except WorkbenchError as exc:
-        show_error(exc)
-        return None
-    state.qat_run, state.converted = run, None
-    return run
+        state.qat_run, state.converted = run, None
+        return run
+    return None
 
 
 def pick_quantizer(quantizers: list[FakeQuantInfo], label: str, key: str) -> FakeQuantInfo:
@@ -271,9 +310,8 @@ def ptq_section(state: AppState) -> Callable[[], Tuned] | None:
     batches = int(cols[0].number_input("Calibration batches", 1, 10_000, 16, key="ptq-batches"))
     batch = int(cols[1].number_input("Batch size", 1, 4096, 64, key="ptq-batch"))
     if st.button("Calibrate", type="primary"):
-        state.calibrated = state.converted = None
         bar = st.progress(0.0, text="Calibrating…")
-        try:
+        with step("Calibrate") as calibrating:
             prepared = prepare(state.captured, state.recipe)
             data = state.data()
             calibrated = calibrate(
@@ -281,9 +319,9 @@ def ptq_section(state: AppState) -> Callable[[], Tuned] | None:
                 progress=lambda done, total, _: bar.progress(
                     done / total, text=f"batch {done}/{total}"),
             )  # fmt: skip
-            state.calibrated = Tuned(prepared, calibrated, Schedule(batches, batch, data.spec))
-        except WorkbenchError as exc:
-            show_error(exc)
+            tuned = Tuned(prepared, calibrated, Schedule(batches, batch, data.spec))
+            state.calibrated, state.converted = tuned, None
+        if calibrating.failed:
             return None
     if state.calibrated is None:
         st.caption("Calibrate runs batches of the default data through the prepared model so "
@@ -322,7 +360,7 @@ def convert_section(state: AppState, tuned: Callable[[], Tuned]) -> None:
         return
     assert state.captured is not None
     bar = st.progress(0.0, text="Converting (convert_pt2e)…")
-    try:
+    with step("Convert") as converting:
         source = tuned()
         exported = exported_stage(state.captured)
         converted = convert(source.tuned)
@@ -331,8 +369,7 @@ def convert_section(state: AppState, tuned: Callable[[], Tuned]) -> None:
         reference = trained_float(exported, trained) if trained is not None else None
         comparison = compare(exported.graph_module, converted.graph_module, state.data(),
                              reference_gm=reference)  # fmt: skip
-    except WorkbenchError as exc:
-        show_error(exc)
+    if converting.failed:
         return
     stages = {"exported": exported, "prepared": source.prepared,
               source.tuned.name: source.tuned, "converted": converted}  # fmt: skip

@@ -109,6 +109,9 @@ class DimRequest:
     input: str
     dim: int
 
+    def __str__(self) -> str:
+        return f"{self.input}:{self.dim}"
+
     @classmethod
     def parse(cls, text: str) -> tuple[DimRequest, ...]:
         """`input_ids:1` or `input_ids:1,2`."""
@@ -142,6 +145,7 @@ class CapturedModel:
     notes: tuple[str, ...] = ()
     parameters: tuple[str, ...] = ()  # the forward's parameter names
     outputs: tuple[str, ...] = ()  # output leaves by label (signature.leaf_label)
+    requested: tuple[DimRequest, ...] = ()  # the dims the user asked to be dynamic
 
     @property
     def dynamic_batch(self) -> bool:
@@ -153,7 +157,7 @@ class CapturedModel:
     @property
     def signature(self) -> InputSignature:
         """What data for this model must look like (workbench.data)."""
-        dims = frozenset((d.input, d.dim) for d in self.dynamic_dims)
+        dims = {(d.input, d.dim): d.max for d in self.dynamic_dims}
         return InputSignature(self.example_inputs, self.parameters, dims)
 
     def graph_module(self) -> GraphModule:
@@ -199,6 +203,7 @@ def capture(
     return CapturedModel(
         spec, program, example_inputs, dynamic_dims(program, parameters),
         time.perf_counter() - start, tuple(notes), parameters, output_names(program),
+        tuple(dynamic),
     )  # fmt: skip
 
 

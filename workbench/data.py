@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ class InputSignature:
 
     example: ModelInputs
     parameters: tuple[str, ...] = ()
-    dynamic: frozenset[tuple[str, int]] = frozenset()  # (input name, dim)
+    # (input name, dim) -> the largest size the model takes there (None: unbounded)
+    dynamic: Mapping[tuple[str, int], int | None] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return [name for name, _ in self.example.named_tensors(self.parameters)]
@@ -466,10 +467,14 @@ def _check_fits(inputs: ModelInputs, signature: InputSignature, where: str) -> N
             kind = "floating-point" if example.is_floating_point() else "integer"
             problems.append(f"{name} is {tensor.dtype}, the model takes {kind} values")
         for dim, (size, expected) in enumerate(zip(tensor.shape, example.shape, strict=True)):
-            if size != expected and (name, dim) not in signature.dynamic:
-                problems.append(
-                    f"{name} has {size} in dim {dim}, the model was captured for {expected} only"
-                )
+            if (name, dim) not in signature.dynamic:
+                if size != expected:
+                    problems.append(f"{name} has {size} in dim {dim}, the model was captured "
+                                    f"for {expected} only")  # fmt: skip
+                continue
+            top = signature.dynamic[name, dim]
+            if top is not None and size > top:
+                problems.append(f"{name} has {size} in dim {dim}, the model takes at most {top}")
     if len(got) != len(want):
         problems.append(f"{len(got)} input tensors, the model takes {len(want)}")
     if problems:

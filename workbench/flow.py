@@ -9,7 +9,7 @@ import itertools
 import json
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,16 +161,19 @@ def reproduce_command(
     steps: int,
     batch_size: int,
     qat: QatConfig | None = None,
+    dynamic: Sequence[object] = (),
 ) -> str:
     """The `python -m workbench quantize` command that rebuilds the same model headless.
 
     With `qat`, its settings that differ from the CLI's defaults for `steps` are spelled out
     too (a freeze step equal to the default share of the steps is left to the default).
+    `dynamic` are the dims the user asked to be dynamic (`INPUT:DIM` as text).
     """
     command = (
         f"python -m workbench quantize --model {shlex.quote(spec)} --recipe {recipe_file} "
         f"--mode {mode} --data {shlex.quote(data)} --steps {steps} --batch-size {batch_size}"
     )
+    command += "".join(f" --dynamic {shlex.quote(str(d))}" for d in dynamic)
     if qat is not None:
         default = QatConfig(steps=qat.steps)
         if qat.lr != default.lr:

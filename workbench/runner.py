@@ -274,14 +274,20 @@ class QatRun:
             freeze_bn_(self.model)
         if step == self.config.observer_freeze_at + 1:
             self.model.apply(disable_observer)
-        batch = next(self._batches)
-        with EXPORT_LOCK:  # the whole step: results do not depend on other work (locks.py)
-            loss = _loss(self.model, batch, self.data, self.teacher)
-            value = float(loss.item())
-            if math.isfinite(value):
-                self.optimizer.zero_grad()
-                loss.backward()
-                self.optimizer.step()
+        batch = next(self._batches)  # a data error here leaves the model untouched
+        try:
+            with EXPORT_LOCK:  # the whole step: results do not depend on other work (locks.py)
+                loss = _loss(self.model, batch, self.data, self.teacher)
+                value = float(loss.item())
+                if math.isfinite(value):
+                    self.optimizer.zero_grad()
+                    loss.backward()
+                    self.optimizer.step()
+        except BaseException:
+            # A failure part-way (a user's loss, a shape error, an interrupt) must not leave
+            # the model half-updated: back to the last good state, then report.
+            self.load_state(self._good)
+            raise
         if not math.isfinite(value):
             good = int(self._good["step"])
             self.load_state(self._good)
@@ -360,9 +366,13 @@ class QatRun:
             recorder.restore(self.recorder.snapshot())
         total = self.config.steps
         notes = () if self.done else (f"training stopped after {self.step_count} of {total}",)
+        size = (
+            "as the data function yields them"
+            if self.data.streamed
+            else "of " + str(self.config.batch_size)
+        )
         return Stage(
-            "trained", model,
-            f"QAT: {self.step_count} steps of {self.config.batch_size} from {self.data.spec}",
+            "trained", model, f"QAT: {self.step_count} steps {size} from {self.data.spec}",
             self.seconds, self.source.recipe, self.source.applied, notes,
             tuple(self.train_history()), recorder,
         )  # fmt: skip

@@ -92,3 +92,16 @@ def bert_unlabelled(split: str) -> Iterator[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(0 if split == "train" else 1)
     for index in range(4):
         yield _tokens(8, 12 if index % 2 else SEQ, generator)
+
+
+def bert_without_mask(split: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Dict batches that lack the attention mask the model takes."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        yield {"input_ids": _tokens(4, SEQ, generator)["input_ids"],
+               "labels": torch.zeros(4, dtype=torch.long)}  # fmt: skip
+
+
+def bert_too_long(split: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Dict batches of 80 tokens: longer than the model's 64 position embeddings."""
+    yield _tokens(4, 80, torch.Generator().manual_seed(0))
