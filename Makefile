@@ -13,7 +13,7 @@ run: setup graphviz
 		--server.headless=true --browser.gatherUsageStats=false -- --model "$(MODEL)"
 
 test: test-setup graphviz chromium lint
-	$(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 lint: test-setup
 	$(PY) -m ruff check .

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers models come from configs only
 import shutil
 import subprocess
 import sys

@@ -281,21 +281,27 @@ def test_streamed_data_reads_only_what_it_uses(
     assert data.eval_size == 16
 
 
-def test_dict_batches_that_do_not_fit_say_which_input(bert: CapturedModel) -> None:
-    spec = f"{HF}:bert_without_mask"
+@pytest.mark.parametrize(
+    ("function", "problem"),
+    [
+        ("bert_without_mask", "has no 'attention_mask': it has keys 'input_ids', 'labels', "
+         "the model takes input_ids, attention_mask."),
+        ("bert_too_long", "does not fit the model: input_ids has 80 in dim 1, the model takes "
+         "at most 64; attention_mask has 80 in dim 1, the model takes at most 64."),
+    ],
+)  # fmt: skip
+def test_dict_batches_that_do_not_fit_say_which_input(
+    bert: CapturedModel, function: str, problem: str
+) -> None:
+    spec = f"{HF}:{function}"
     with pytest.raises(DataError) as info:
         load_data(spec, bert.signature)
-    assert info.value.problem == (
-        f"training batch 0 of {spec} has no 'attention_mask': it has keys 'input_ids', "
-        "'labels', the model takes input_ids, attention_mask."
-    )
-    spec = f"{HF}:bert_too_long"
-    with pytest.raises(DataError) as info:
-        load_data(spec, bert.signature)
-    assert info.value.problem == (
-        f"training batch 0 of {spec} does not fit the model: input_ids has 80 in dim 1, the "
-        "model takes at most 64; attention_mask has 80 in dim 1, the model takes at most 64."
-    )
+    assert info.value.problem == f"training batch 0 of {spec} {problem}"
+
+
+def test_unlabelled_batches_mean_agreement_and_an_unknown_output_is_refused(
+    bert: CapturedModel,
+) -> None:
     data = load_data(f"{HF}:bert_unlabelled", bert.signature)
     assert (data.quality, data.has_targets) == ("agreement", False)
     with pytest.raises(RecipeError):
@@ -308,3 +314,20 @@ def test_the_exported_stage_keeps_keyword_inputs(bert: CapturedModel) -> None:
     for gm in (stage.graph_module, prepared.graph_module):
         out = call(gm, bert.example_inputs)
         assert type(out).__name__ == "SequenceClassifierOutput"
+
+
+def test_a_saved_hf_program_loads_in_a_fresh_process(bert: CapturedModel, tmp_path: Path) -> None:
+    # torch.export.load needs the ModelOutput type registered: the loader imports transformers.
+    import subprocess
+
+    source = tmp_path / "bert_float.pt2"
+    torch.export.save(bert.program, str(source))
+    out = tmp_path / "q.pt2"
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench", "quantize", "--model", str(source), "--data",
+         f"{HF}:bert_loader", "--steps", "2", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300, cwd=MODELS.parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "dynamic input_ids:1 (seq, 2..64)" in done.stderr
+    assert out.is_file()

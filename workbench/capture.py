@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
+import importlib.util
 import inspect
 import logging
 import re
@@ -335,7 +337,7 @@ def _dynamic_shapes(
         if not isinstance(value, torch.Tensor):
             return None
         index = next(counter)
-        own = {dim: batch if kind == "batch" else Dim.DYNAMIC
+        own = {dim: batch if dim == 0 else Dim.DYNAMIC
                for (i, dim), kind in dims.items() if i == index}  # fmt: skip
         return own or None
 
@@ -584,6 +586,7 @@ def _load_pt2(spec: ModelSpec, input_shape: Sequence[int] | None) -> CapturedMod
         )
     import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops)
 
+    _import_pytree_types(path)
     start = time.perf_counter()
     try:
         with EXPORT_LOCK:
@@ -607,6 +610,33 @@ def _load_pt2(spec: ModelSpec, input_shape: Sequence[int] | None) -> CapturedMod
         spec, program, inputs, dynamic_dims(program, parameters), seconds, (), parameters,
         output_names(program),
     )  # fmt: skip
+
+
+_TREESPEC_TYPE = re.compile(r'\\"type\\": \\"([A-Za-z_][\w.]*)\\"')
+
+
+def _import_pytree_types(path: Path) -> None:
+    """Import the installed modules that define the pytree types of the program's inputs and
+    outputs (a transformers ModelOutput, say): torch.export.load cannot rebuild them otherwise.
+
+    Only modules already installed are imported (nothing from the file runs); a type whose
+    module is not installed is left for torch.export.load to report.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if "/models/" in n and n.endswith(".json")]
+            text = "".join(archive.read(n).decode("utf-8", "replace") for n in names[:4])
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return
+    for qualified in sorted(set(_TREESPEC_TYPE.findall(text))):
+        module = qualified.rpartition(".")[0]
+        if not module or module.split(".")[0] in ("builtins", "collections", "torch"):
+            continue
+        try:
+            if importlib.util.find_spec(module.split(".")[0]) is not None:
+                importlib.import_module(module)
+        except Exception as exc:  # a broken optional package must not stop the load
+            log.warning("could not import %s for %s: %s", module, qualified, first_line(exc))
 
 
 def _damaged_member(path: Path) -> str | None:
