@@ -31,7 +31,7 @@ def main() -> None:
     prepared = prepare_qat_pt2e(
         captured.graph_module(), base_quantizer("x86_inductor", is_qat=True)
     )
-    prepared(*captured.example_inputs)
+    captured.example_inputs.call(prepared)
     move_exported_model_to_eval(prepared)
     convert_pt2e(prepared)
     print(f"{time.perf_counter() - START:.3f}")

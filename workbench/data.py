@@ -307,7 +307,10 @@ def load_data(
 def check_finite(inputs: ModelInputs, what: str, parameters: tuple[str, ...] = ()) -> None:
     """Raise DataError when any input holds NaN or infinity, saying where."""
     for name, tensor in inputs.named_tensors(parameters):
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        low, high = torch.aminmax(tensor)  # NaN and infinities reach these: ~10x cheaper
+        if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
             rows = tensor.reshape(tensor.shape[0], -1) if tensor.dim() else tensor.reshape(1, 1)
             bad = (~torch.isfinite(rows)).any(dim=1)
             samples = bad.nonzero().flatten()[:5].tolist()
