@@ -378,13 +378,11 @@ def _from_function(
     module = import_user_file(path, prefix="workbench_data_", error=DataError, what="data file")
     if not hasattr(module, func):
         raise DataError(f"{path} has no '{func}'.", "Name the data function defined there.")
-    source = getattr(module, func)
-    split = _splitter(spec, source)
-    probe = StreamDataset(spec, task, split, signature, "agreement")
-    first = probe.first()
-    return StreamDataset(
-        spec, task, split, signature, task.quality(first.targets), first.targets is not None
-    )
+    split = _splitter(spec, getattr(module, func))
+    dataset = StreamDataset(spec, task, split, signature, "agreement", has_targets=False)
+    first = dataset.first()  # checks the first batch now, and tells what the targets are
+    dataset.quality, dataset.has_targets = task.quality(first.targets), first.targets is not None
+    return dataset
 
 
 def _splitter(spec: str, source: Any) -> Callable[[str], Iterable[Any]]:
