@@ -2,10 +2,11 @@
 
 The batch (dim 0 of every input that has the example's batch size) is dynamic, and so is the
 sequence length (dim 1 of integer inputs of two or more dims: token ids, masks) and any dim
-the user names (`input_ids:1`). They are exported as `Dim.DYNAMIC`, so torch may narrow their
-range (a BERT's sequence to its position embeddings) without failing; what it kept is in
-`CapturedModel.dynamic_dims`. A batch or sequence that cannot be dynamic is captured static
-with a note; a dim the user named that cannot be dynamic is an error.
+the user names (`input_ids:1`). The batch is one named `Dim` shared by every input; the others
+are `Dim.DYNAMIC`, so torch may narrow their range (a BERT's sequence to its position
+embeddings) without failing; what it kept is in `CapturedModel.dynamic_dims`. A batch or
+sequence that cannot be dynamic is captured static with a note; a dim the user named that
+cannot be dynamic is an error.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from torch.export import Dim, ExportedProgram
 from torch.fx import GraphModule
 
 from workbench.data import InputSignature
-from workbench.errors import CaptureError, InputShapeError, ModelSpecError, first_line
+from workbench.errors import (
+    CaptureError,
+    InputShapeError,
+    ModelSpecError,
+    describe_value,
+    first_line,
+)
 from workbench.locks import EXPORT_LOCK
 from workbench.signature import (
     ModelInputs,
@@ -337,8 +344,7 @@ def _dynamic_shapes(
         if not isinstance(value, torch.Tensor):
             return None
         index = next(counter)
-        own = {dim: batch if dim == 0 else Dim.DYNAMIC
-               for (i, dim), kind in dims.items() if i == index}  # fmt: skip
+        own = {dim: batch if dim == 0 else Dim.DYNAMIC for i, dim in dims if i == index}
         return own or None
 
     args, kwargs = pytree.tree_map(spec, (inputs.args, inputs.kwargs))
@@ -477,17 +483,19 @@ def _check_factory_result(where: str, result: Any) -> tuple[nn.Module, ModelInpu
     if isinstance(result, nn.Module):
         return result, None
     if not (isinstance(result, tuple | list) and len(result) == 2):
-        raise ModelSpecError(f"{where}() returned {_describe(result)}.", f"Make it {expected}.")
+        raise ModelSpecError(
+            f"{where}() returned {describe_value(result)}.", f"Make it {expected}."
+        )
     model, inputs = result
     if not isinstance(model, nn.Module):
         raise ModelSpecError(
-            f"{where}() returned {_describe(model)} where an nn.Module belongs.",
+            f"{where}() returned {describe_value(model)} where an nn.Module belongs.",
             f"Make it {expected}.",
         )
     try:
         example = ModelInputs.of(inputs)
     except SignatureError as exc:
-        raise ModelSpecError(f"{where}() returned {_describe(inputs)} as example inputs.",
+        raise ModelSpecError(f"{where}() returned {describe_value(inputs)} as example inputs.",
                              f"Make it {expected}.") from exc  # fmt: skip
     leaves = pytree.tree_leaves((example.args, example.kwargs))
     strange = sorted({type(v).__name__ for v in leaves
@@ -505,15 +513,6 @@ def _check_factory_result(where: str, result: Any) -> tuple[nn.Module, ModelInpu
             f"Make it {expected}.",
         )
     return model, example
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, tuple | list):
-        return f"a {type(value).__name__} of {len(value)} items"
-    if value is None:
-        return "None"
-    kind = type(value).__name__
-    return f"{'an' if kind[0].lower() in 'aeiou' else 'a'} {kind}"
 
 
 def _random_input(shape: Sequence[int]) -> torch.Tensor:

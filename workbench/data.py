@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from workbench.errors import WorkbenchError, first_line
+from workbench.errors import WorkbenchError, describe_value, first_line
 from workbench.signature import ModelInputs, SignatureError, bind
 from workbench.task import QualityKind, Task
 from workbench.userfile import import_user_file
@@ -48,9 +48,6 @@ class InputSignature:
     parameters: tuple[str, ...] = ()
     # (input name, dim) -> the largest size the model takes there (None: unbounded)
     dynamic: Mapping[tuple[str, int], int | None] = field(default_factory=dict)
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.example.named_tensors(self.parameters)]
 
 
 @dataclass(frozen=True)
@@ -95,6 +92,10 @@ class Dataset:
     def train_size(self) -> int | None:
         """Training samples, when known without reading the stream."""
         return None
+
+    def batch_text(self, batch_size: int) -> str:
+        """How big the batches of a run are, for stage descriptions."""
+        return "as the data function yields them" if self.streamed else f"of {batch_size}"
 
     @property
     def eval_size(self) -> int | None:
@@ -188,7 +189,6 @@ class StreamDataset(Dataset):
         super().__init__(spec, task, quality, has_targets)
         self._split = split
         self._signature = signature
-        self.ignored_keys: tuple[str, ...] = ()
 
     @property
     def streamed(self) -> bool:
@@ -246,7 +246,7 @@ def bind_batch(raw: Any, signature: InputSignature, where: str) -> Batch:
         value, target = raw
     else:
         raise DataError(
-            f"{where} is {_describe(raw)}, not an (inputs, targets) pair or a dict.",
+            f"{where} is {describe_value(raw)}, not an (inputs, targets) pair or a dict.",
             "Yield (inputs, targets) pairs, or dicts keyed by the forward's parameter names "
             "with the target under 'labels'.",
         )
@@ -485,9 +485,3 @@ def _check_fits(inputs: ModelInputs, signature: InputSignature, where: str) -> N
             f"({signature.example.describe(signature.parameters)}), or --data random; a dim "
             "that should vary must be captured dynamic (--dynamic NAME:DIM).",
         )
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, tuple | list):
-        return f"a {type(value).__name__} of {len(value)} items"
-    return "None" if value is None else f"a {type(value).__name__}"

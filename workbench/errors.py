@@ -34,3 +34,13 @@ def first_line(exc: BaseException, *, limit: int = 300) -> str:
         if line:
             return line if len(line) <= limit else line[: limit - 1] + "…"
     return type(exc).__name__
+
+
+def describe_value(value: object) -> str:
+    """`a tuple of 2 items`, `an int`, `None`: what a user's function returned, in messages."""
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if value is None:
+        return "None"
+    kind = type(value).__name__
+    return f"{'an' if kind[0].lower() in 'aeiou' else 'a'} {kind}"

@@ -218,7 +218,7 @@ def make_report(
     return {
         "model": str(captured.spec),
         "recipe": recipe.as_dict(),
-        "signature": signature_report(captured, recipe),
+        "signature": signature_report(captured, recipe, float_gm),
         "dynamic_dims": [d.as_dict() for d in saved.dynamic_dims],
         "quality": quality,
         "per_node_sqnr_reference": comparison.reference,
@@ -273,8 +273,11 @@ def make_report(
     }
 
 
-def signature_report(captured: CapturedModel, recipe: Recipe) -> dict[str, Any]:
-    """The model's inputs (name, shape, dtype), its output leaves and which is the prediction."""
+def signature_report(
+    captured: CapturedModel, recipe: Recipe, float_gm: torch.fx.GraphModule
+) -> dict[str, Any]:
+    """The model's inputs (name, shape, dtype), its output leaves and which is the prediction
+    (`float_gm`, the exported stage, is called once to see it)."""
     inputs = captured.example_inputs.named_tensors(captured.parameters)
     return {
         "inputs": [
@@ -282,9 +285,7 @@ def signature_report(captured: CapturedModel, recipe: Recipe) -> dict[str, Any]:
             for name, t in inputs
         ],
         "outputs": list(captured.outputs),
-        "prediction": prediction_label(
-            call(captured.graph_module(), captured.example_inputs), recipe.output
-        ),
+        "prediction": prediction_label(call(float_gm, captured.example_inputs), recipe.output),
         **{k: v for k, v in (("loss", recipe.loss), ("metric", recipe.metric)) if v},
     }
 

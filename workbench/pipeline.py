@@ -152,9 +152,9 @@ def calibrate(
             if progress is not None:
                 progress(done, batches, {"stage": "calibrate"})
     notes = () if done == batches else (f"calibration stopped after {done} of {batches} batches",)
-    size = "as the data function yields them" if data.streamed else f"of {batch_size}"
     return Stage(
-        "calibrated", model, f"calibrate: {done} batches {size} from {data.spec}",
+        "calibrated", model,
+        f"calibrate: {done} batches {data.batch_text(batch_size)} from {data.spec}",
         time.perf_counter() - start, stage.recipe, stage.applied, notes, (), recorder,
     )  # fmt: skip
 

@@ -366,11 +366,7 @@ class QatRun:
             recorder.restore(self.recorder.snapshot())
         total = self.config.steps
         notes = () if self.done else (f"training stopped after {self.step_count} of {total}",)
-        size = (
-            "as the data function yields them"
-            if self.data.streamed
-            else "of " + str(self.config.batch_size)
-        )
+        size = self.data.batch_text(self.config.batch_size)
         return Stage(
             "trained", model, f"QAT: {self.step_count} steps {size} from {self.data.spec}",
             self.seconds, self.source.recipe, self.source.applied, notes,

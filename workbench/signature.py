@@ -278,12 +278,6 @@ def _leaf_index(leaves: list[tuple[str, torch.Tensor]], selector: str) -> int | 
     return None
 
 
-def check_output_selector(output: Any, selector: str | None) -> None:
-    """Raise SignatureError when `selector` names no leaf of `output`."""
-    if selector is not None:
-        prediction(output, selector)
-
-
 def compare_outputs(expected: Any, got: Any) -> list[LeafCheck]:
     """Every output leaf of two calls compared: same structure, max |diff|, bit equality."""
     want, have = output_leaves(expected), output_leaves(got)

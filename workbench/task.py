@@ -135,10 +135,6 @@ class Task:
                                   ("metric", self.metric)) if v}  # fmt: skip
 
 
-def higher_is_better(quality: QualityKind) -> bool:
-    return quality != "mse"
-
-
 def _classes(predicted: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (samples, classes) and labels (samples,): token outputs are flattened."""
     labels = targets.long()
