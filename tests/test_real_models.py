@@ -331,3 +331,42 @@ def test_a_saved_hf_program_loads_in_a_fresh_process(bert: CapturedModel, tmp_pa
     assert done.returncode == 0, done.stderr
     assert "dynamic input_ids:1 (seq, 2..64)" in done.stderr
     assert out.is_file()
+
+
+def test_a_model_output_defined_while_another_thread_exports_still_captures(
+    tmp_path: Path,
+) -> None:
+    """transformers skips registering a ModelOutput class as a pytree node while torch says
+    it is compiling, which another thread's export makes true for every thread (the app's
+    pattern-cache warm-up, another session). Capture registers it with an eager call."""
+    source = tmp_path / "late_output.py"
+    source.write_text(
+        "from dataclasses import dataclass\n"
+        "from unittest import mock\n"
+        "import torch\n"
+        "from transformers.utils import ModelOutput\n"
+        "with mock.patch('torch.compiler.is_compiling', return_value=True):\n"
+        "    @dataclass\n"
+        "    class LateOutput(ModelOutput):\n"
+        "        logits: torch.Tensor | None = None\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(4, 3)\n"
+        "        self.bn = torch.nn.BatchNorm1d(3)\n"
+        "    def forward(self, x):\n"
+        "        return LateOutput(logits=self.bn(self.fc(x)))\n"
+        "def build():\n"
+        "    return Net(), (torch.rand(8, 4),)\n"
+    )
+    import torch.utils._pytree as pytree
+
+    from workbench.capture import capture
+
+    captured = capture(f"{source}:build")
+    assert captured.outputs == ("logits",)
+    (late,) = [c for c in pytree.SUPPORTED_NODES if c.__name__ == "LateOutput"]
+    assert late.__module__.startswith("workbench_user_")
+    # The eager call changed nothing: train-mode BatchNorm statistics are as they were.
+    bn = captured.program.state_dict["bn.running_mean"]
+    assert torch.equal(bn, torch.zeros(3))

@@ -195,7 +195,12 @@ def capture(
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
     if spec.kind == "pt2":
         return _load_pt2(spec, input_shape)
-    model, example_inputs = load_model(spec)
+    # No export may run while the user's code defines its classes: transformers skips the
+    # pytree registration of a ModelOutput class while torch says it is compiling, which a
+    # concurrent export (another session's, the pattern-cache warm-up) makes true for every
+    # thread, and torch.export then fails on the unregistered output type.
+    with EXPORT_LOCK:
+        model, example_inputs = load_model(spec)
     if input_shape is not None:
         example_inputs = ModelInputs((_random_input(input_shape),))
     elif example_inputs is None:
@@ -204,6 +209,7 @@ def capture(
             "Return (model, (example_input,)) from the factory, or give an input shape "
             "(--input-shape 4,1,8,8).",
         )
+    _register_output_types(model, example_inputs)
     start = time.perf_counter()
     parameters = parameter_names(model)
     program, notes = export_model(
@@ -214,6 +220,27 @@ def capture(
         time.perf_counter() - start, tuple(notes), parameters, output_names(program),
         tuple(dynamic),
     )  # fmt: skip
+
+
+def _register_output_types(model: nn.Module, inputs: ModelInputs) -> None:
+    """Call the model once eagerly, with no export running, so that the output classes that
+    register themselves as pytree nodes when made (transformers' ModelOutput) do so.
+
+    The call leaves the model as it was: buffers (BatchNorm statistics in train mode) and
+    the random number generator's state are put back.
+    """
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    rng = torch.random.get_rng_state()
+    try:
+        with EXPORT_LOCK, torch.no_grad():
+            inputs.call(model)
+    except Exception:  # torch.export says what is wrong with the model, next
+        pass
+    finally:
+        torch.random.set_rng_state(rng)
+        with torch.no_grad():
+            for name, value in model.named_buffers():
+                value.copy_(buffers[name])
 
 
 def load_model(spec: ModelSpec) -> tuple[nn.Module, ModelInputs | None]:
