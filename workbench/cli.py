@@ -109,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=None, help="QAT steps (120) or PTQ calibration batches (16)"
     )
     quantize.add_argument("--batch-size", type=int, default=64)
+    quantize.add_argument(
+        "--eval-samples", type=int, default=None,
+        help="evaluate on the first N evaluation samples (default: all of them)",
+    )  # fmt: skip
     quantize.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate")
     quantize.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="QAT")
     quantize.add_argument(
@@ -290,6 +294,10 @@ def _quantize(args: argparse.Namespace) -> int:
     from workbench.flow import build
 
     recipe = _recipe(args)
+    if args.eval_samples is not None and args.eval_samples < 1:
+        raise WorkbenchError(f"--eval-samples {args.eval_samples} is not a number of samples.",
+                             "Give a positive count, or leave it out to evaluate on all of "
+                             "them.")  # fmt: skip
     if args.out.suffix != ".pt2":
         raise WorkbenchError(f"--out {args.out} does not end in .pt2.", "Name the file MODEL.pt2.")
     from workbench.export import check_writable
@@ -302,8 +310,9 @@ def _quantize(args: argparse.Namespace) -> int:
     result = build(
         captured, recipe, data=_default_data(args.data, captured), out=args.out,
         report_path=args.report, recipe_path=recipe_out, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        freeze_bn_step=args.freeze_bn_step, freeze_observer_step=args.freeze_observer_step,
+        batch_size=args.batch_size, eval_samples=args.eval_samples, lr=args.lr,
+        optimizer=args.optimizer, freeze_bn_step=args.freeze_bn_step,
+        freeze_observer_step=args.freeze_observer_step,
         progress=None if args.quiet else functools.partial(_progress_line, args.stderr),
     )  # fmt: skip
     quality = result.report["quality"]

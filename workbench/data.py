@@ -76,6 +76,7 @@ class Dataset:
         self.quality: QualityKind = quality
         self.has_targets = has_targets
         self._eval_size: int | None = None
+        self.eval_limit: int | None = None  # evaluate on about this many samples at most
 
     def train_batches(self, batch_size: int, *, seed: int = 0) -> Iterator[Batch]:
         raise NotImplementedError
@@ -109,6 +110,25 @@ class Dataset:
     def with_task(self, task: Task) -> Dataset:
         """The same batches judged by another task (another output, loss or metric)."""
         raise NotImplementedError
+
+    def limited(self, samples: int | None) -> Dataset:
+        """The same data evaluated on its first `samples` evaluation samples (None: all).
+
+        Tensor data stops at exactly that many; a stream at the end of the batch that
+        reaches it.
+        """
+        dataset = self.with_task(self.task)
+        dataset.eval_limit = samples
+        dataset._eval_size = self._limited_size(samples)
+        return dataset
+
+    def _limited_size(self, samples: int | None) -> int | None:
+        return None
+
+    @property
+    def identity(self) -> str:
+        """The data and how much of it evaluation reads: what results depend on."""
+        return self.spec if self.eval_limit is None else f"{self.spec} (eval {self.eval_limit})"
 
     def needs_teacher(self, batch: Batch | None = None) -> bool:
         """Whether training needs the float model's outputs (no targets, no loss of the
@@ -158,8 +178,8 @@ class TensorDataset(Dataset):
 
     def eval_batches(self, batch_size: int = 256) -> Iterator[Batch]:
         for start in range(0, self.eval_size or 0, batch_size):
-            rows = slice(start, start + batch_size)
-            yield self._batch(self.eval_inputs, self.eval_targets, rows)
+            end = min(start + batch_size, self.eval_size or 0)
+            yield self._batch(self.eval_inputs, self.eval_targets, slice(start, end))
 
     @staticmethod
     def _batch(
@@ -170,8 +190,15 @@ class TensorDataset(Dataset):
         return Batch(chosen, target, (chosen, target))
 
     def with_task(self, task: Task) -> Dataset:
-        return TensorDataset(self.spec, task, self.train_inputs, self.train_targets,
-                             self.eval_inputs, self.eval_targets)  # fmt: skip
+        dataset = TensorDataset(self.spec, task, self.train_inputs, self.train_targets,
+                                self.eval_inputs, self.eval_targets)  # fmt: skip
+        dataset.eval_limit = self.eval_limit
+        dataset._eval_size = self._eval_size
+        return dataset
+
+    def _limited_size(self, samples: int | None) -> int | None:
+        whole = self.eval_inputs.batch_size or 0
+        return whole if samples is None else min(whole, samples)
 
 
 class StreamDataset(Dataset):
@@ -212,15 +239,20 @@ class StreamDataset(Dataset):
 
     def eval_batches(self, batch_size: int = 0) -> Iterator[Batch]:
         del batch_size
+        samples = 0
         for index, raw in enumerate(self._split("eval")):
-            yield self._bound(raw, f"evaluation batch {index}")
+            if self.eval_limit is not None and samples >= self.eval_limit:
+                return
+            batch = self._bound(raw, f"evaluation batch {index}")
+            samples += batch.size
+            yield batch
 
     def with_task(self, task: Task) -> Dataset:
         quality = task.quality(self.first().targets) if task != self.task else self.quality
         dataset = StreamDataset(
             self.spec, task, self._split, self._signature, quality, self.has_targets
         )
-        dataset._eval_size = self._eval_size
+        dataset._eval_size, dataset.eval_limit = self._eval_size, self.eval_limit
         return dataset
 
     def first(self) -> Batch:

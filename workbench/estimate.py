@@ -1,7 +1,7 @@
 """How long the long steps will take for a loaded model, and defaults that keep them short.
 
-Everything starts from one timed forward pass of the exported model (`Costs.measure`, about
-as long as two forward passes at the example batch and two at four times it). The per-node
+Everything starts from timed forward passes of the exported model when it loads
+(`Costs.measure`: four at the example batch, four at a larger one, about 2 s at most). The per-node
 constants were measured on the 2-core CI machine: observers and fake quantizers cost about a
 millisecond or two per quantized node and call whatever the batch, which dominates small
 models; the forward pass dominates large ones. `Estimates` corrects each kind of job by how
@@ -11,7 +11,6 @@ long the last one of that kind really took against what was predicted.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -53,15 +52,18 @@ class Costs:
     def measure(
         cls, model: torch.nn.Module, inputs: ModelInputs, *, nodes: int, dynamic_batch: bool
     ) -> Costs:
-        """Time forward passes at the example batch (and, with a dynamic batch, at four times
-        it when that is cheap) and fit seconds = fixed + per_sample * batch."""
+        """Time forward passes at the example batch and, with a dynamic batch, at a larger
+        one (up to the default batch of 64, within about half a second a call), and fit
+        seconds = fixed + per_sample * batch. Each time is the fastest of three calls, so
+        a busy machine's pauses do not count as the model's cost."""
         batch = inputs.batch_size or 1
         parameters = sum(p.numel() for p in model.parameters())
         small = _timed(model, inputs)
-        if not dynamic_batch or small > 0.5:
+        if not dynamic_batch or small > 0.25:
             return cls(0.0, small / batch, nodes, parameters, batch)
-        large = _timed(model, inputs.batched(lambda t: t.repeat(4, *[1] * (t.dim() - 1))))
-        per_sample = max(0.0, (large - small) / (3 * batch))
+        factor = max(2, min(DEFAULT_BATCH // batch, math.floor(0.5 / max(small, 1e-6))))
+        large = _timed(model, inputs.batched(lambda t: t.repeat(factor, *[1] * (t.dim() - 1))))
+        per_sample = max(0.0, (large - small) / ((factor - 1) * batch))
         fixed = max(0.0, small - per_sample * batch)
         return cls(fixed, per_sample, nodes, parameters, batch)
 
@@ -165,7 +167,7 @@ class Estimates:
 
 
 def about(seconds: float | None) -> str:
-    """"about 40 s", "about 3 min": an estimate as people say it."""
+    """ "about 40 s", "about 3 min": an estimate as people say it."""
     if seconds is None or not math.isfinite(seconds):
         return ""
     if seconds < 1.5:
@@ -178,15 +180,15 @@ def about(seconds: float | None) -> str:
 
 
 def _timed(model: torch.nn.Module, inputs: ModelInputs) -> float:
-    """Median of two forward passes after one warm-up, under the process lock."""
+    """The fastest of three forward passes after one warm-up, under the process lock."""
     times = []
     with torch.no_grad(), EXPORT_LOCK:
         inputs.call(model)
-        for _ in range(2):
+        for _ in range(3):
             start = time.perf_counter()
             inputs.call(model)
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def _ms(seconds: float) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from workbench.capture import CapturedModel
-from workbench.compare import compare
+from workbench.compare import Comparison, compare
 from workbench.data import Dataset, load_data
 from workbench.export import SavedModel, program_for, program_size, save_program, write_text
 from workbench.pipeline import (
@@ -59,6 +59,7 @@ def build(
     recipe_path: Path | None = None,
     steps: int | None = None,
     batch_size: int = 64,
+    eval_samples: int | None = None,
     lr: float = 1e-4,
     optimizer: str = "adam",
     freeze_bn_step: int | None = None,
@@ -68,13 +69,16 @@ def build(
     """Quantize `captured` as `recipe` says and write a reload-checked .pt2 (and a report).
 
     `steps` is calibration batches (PTQ, default 16) or training steps (QAT, default 120);
-    `lr`, `optimizer` and the freeze steps are QAT settings (see QatConfig).
+    `lr`, `optimizer` and the freeze steps are QAT settings (see QatConfig); `eval_samples`
+    limits evaluation to the first samples of the evaluation split.
     Nothing is written at `out` unless every stage succeeded and the reload check passed.
     """
     timings: dict[str, float] = {"capture": captured.export_seconds}
     start = time.perf_counter()
     check_output(recipe, captured.outputs)
     dataset = load_data(data, captured.signature, task=recipe.task())
+    if eval_samples is not None:
+        dataset = dataset.limited(eval_samples)
     timings["data"] = time.perf_counter() - start
     float_stage = exported_stage(captured)
     prepared = prepare(captured, recipe)
@@ -126,12 +130,14 @@ def export_stages(
     stages: dict[str, Stage],
     out: Path,
     timings: dict[str, float] | None = None,
+    comparison: Comparison | None = None,
 ) -> BuildResult:
     """Save the converted stage as a reload-checked .pt2 at `out` and make the report.
 
     The reload check compares every output leaf on up to four evaluation batches, the
     example inputs and the example resized in its dynamic dims (other than the batch);
-    nothing is written at `out` unless it passes.
+    nothing is written at `out` unless it passes. A `comparison` already made of these
+    stages on this data goes into the report instead of a new one.
     """
     timings = dict(timings or {})
     converted = stages["converted"]
@@ -148,9 +154,8 @@ def export_stages(
         parameters=captured.parameters,
     )
     timings["save"], timings["reload"] = saved.export_seconds, saved.reload_seconds
-    return BuildResult(
-        stages, saved, make_report(captured, recipe, dataset, stages, saved, timings)
-    )
+    report = make_report(captured, recipe, dataset, stages, saved, timings, comparison)
+    return BuildResult(stages, saved, report)
 
 
 def reproduce_command(
@@ -162,6 +167,7 @@ def reproduce_command(
     batch_size: int,
     qat: QatConfig | None = None,
     dynamic: Sequence[object] = (),
+    eval_samples: int | None = None,
 ) -> str:
     """The `python -m workbench quantize` command that rebuilds the same model headless.
 
@@ -174,6 +180,8 @@ def reproduce_command(
         f"--mode {mode} --data {shlex.quote(data)} --steps {steps} --batch-size {batch_size}"
     )
     command += "".join(f" --dynamic {shlex.quote(str(d))}" for d in dynamic)
+    if eval_samples is not None:
+        command += f" --eval-samples {eval_samples}"
     if qat is not None:
         default = QatConfig(steps=qat.steps)
         if qat.lr != default.lr:
@@ -194,6 +202,7 @@ def make_report(
     stages: dict[str, Stage],
     saved: SavedModel,
     timings: dict[str, float],
+    comparison: Comparison | None = None,
 ) -> dict[str, Any]:
     """The JSON report: quality before/after, per-node SQNR, op counts, timings, file sizes."""
     float_gm = stages["exported"].graph_module
@@ -201,7 +210,8 @@ def make_report(
     reference = (
         trained_float(stages["exported"], stages["trained"]) if "trained" in stages else None
     )
-    comparison = compare(float_gm, converted, dataset, reference_gm=reference)
+    if comparison is None:
+        comparison = compare(float_gm, converted, dataset, reference_gm=reference)
     quality: dict[str, Any] = {
         "metric": dataset.quality,
         "data": dataset.spec,

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,12 @@ ENV_VAR = "WORKBENCH_WORKSPACE"
 
 
 class Workspace:
-    """A folder holding `recipes/`, `uploads/` and `last.json`."""
+    """A folder holding `recipes/`, `uploads/`, `exports/` and `last.json`.
+
+    Recipes, data choices, uploads and checkpoints are shared by every browser session on
+    purpose (a second tab, a restarted server, the CLI see them); built files are not: each
+    session's builds go under `exports/SESSION/`.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -57,6 +63,41 @@ class Workspace:
             write_text(path, recipe.to_json())
             write_text(self.folder / "last.json", json.dumps({"spec": spec}) + "\n")
         return path
+
+    def recipe_text(self, spec: str) -> str | None:
+        """The autosaved recipe's text as it is on disk now; None if there is none."""
+        with self._locked():
+            try:
+                return self.recipe_path(spec).read_text(encoding="utf-8")
+            except OSError:
+                return None
+
+    def save_recipe_unless_changed(self, spec: str, recipe: Recipe, seen: str | None) -> str | None:
+        """Autosave `recipe` unless someone else (another tab) changed the file since it
+        read `seen`; returns None when saved, else the text that is there now."""
+        path = self.recipe_path(spec)
+        with self._locked():
+            try:
+                now: str | None = path.read_text(encoding="utf-8")
+            except OSError:
+                now = None
+            if now is not None and now != seen and now != recipe.to_json():
+                return now
+            write_text(path, recipe.to_json())
+            write_text(self.folder / "last.json", json.dumps({"spec": spec}) + "\n")
+        return None
+
+    def build_folder(self, session: str, build: str) -> Path:
+        """Where one session's build writes its files: exports/SESSION/BUILD/, made afresh;
+        the session's earlier builds are removed (a download gives only this session's)."""
+        session_folder = self.folder / "exports" / re.sub(r"\W+", "_", session)
+        if session_folder.is_dir():
+            for old in session_folder.iterdir():
+                if old.is_dir() and old.name != build:
+                    shutil.rmtree(old, ignore_errors=True)
+        folder = session_folder / re.sub(r"\W+", "_", build)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def load_recipe(self, spec: str) -> Recipe | None:
         """The autosaved recipe for `spec`; None if there is none or it cannot be read."""
