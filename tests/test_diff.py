@@ -387,3 +387,45 @@ def test_overlay_shows_removed_nodes_beside_the_after_graph() -> None:
     dot = overlay_to_dot(before, after, diff)
     assert '"before/batch_norm" [label="before/batch_norm · batch_norm  [removed]' in dot
     assert 'style="rounded,filled,dashed"' in dot
+
+
+def test_collapsed_diff_boxes_count_their_changes(digits_ptq: dict[str, Stage]) -> None:
+    from workbench.diff import diff_opening_depth, grouped_view, overlay_to_dot
+    from workbench.render import expand_group
+
+    d = diff(digits_ptq, "calibrated", "converted")
+    before = describe(digits_ptq["calibrated"].graph_module, stage="calibrated")
+    after = describe(digits_ptq["converted"].graph_module, stage="converted")
+    assert diff_opening_depth(before, after, d) is None  # a small graph is drawn whole
+    # q/dq nodes have no module stack; the diff puts them in the module of the op they serve.
+    assert after["quantize_per_tensor_default"].module_chain == ()
+    grouped = grouped_view(after, d, side="after")
+    assert grouped["quantize_per_tensor_default"].module_chain == ("stem", "stem.conv")
+    lines = {}
+    for side, view in (("before", before), ("after", after)):
+        dot = diff_to_dot(view, d, side=side, collapse_depth=1)  # type: ignore[arg-type]
+        lines[side] = [x.strip() for x in dot.splitlines() if x.strip().startswith('"module/')]
+    after_stem = next(x for x in lines["after"] if x.startswith('"module/stem" ['))
+    assert after_stem == (
+        '"module/stem" [label="stem\\nConvBNReLU\\n8 nodes\\n1 rewritten · 6 added" '
+        f'fillcolor="{DIFF_COLOURS["rewritten"]}" id="module/stem" shape=box3d '
+        'tooltip="stem: 1 unchanged, 1 rewritten, 6 added (click to expand)"]'
+    )
+    # Only observers removed: a white box with the dashed red border of removed nodes.
+    before_pool = next(x for x in lines["before"] if x.startswith('"module/pool" ['))
+    assert before_pool == (
+        '"module/pool" [label="pool\\nMaxPool2d\\n2 nodes\\n1 removed" '
+        f'color="{DIFF_COLOURS["removed"]}" fillcolor="#ffffff" id="module/pool" penwidth=2 '
+        'shape=box3d style="rounded,filled,dashed" tooltip="pool: 1 unchanged, 1 removed '
+        '(click to expand)"]'
+    )
+    after_pool = next(x for x in lines["after"] if x.startswith('"module/pool" ['))
+    assert f'\\n2 added" fillcolor="{DIFF_COLOURS["added"]}"' in after_pool
+    # Expanding a group (as a click does) draws its nodes with their per-node colours.
+    opened = expand_group(grouped, (), "stem", collapse_depth=1)
+    assert {"stem", "stem.conv", "stem.relu"} <= opened
+    dot = diff_to_dot(after, d, side="after", collapse_depth=1, expanded=opened)
+    assert '"module/stem"' not in dot and 'id="cluster/stem" label="▾ stem (ConvBNReLU)"' in dot
+    assert f'fillcolor="{DIFF_COLOURS["added"]}" id=quantize_per_tensor_default ' in dot
+    overlay = overlay_to_dot(before, after, d, collapse_depth=1)
+    assert '"module/pool" [label="pool\\nMaxPool2d\\n4 nodes\\n2 added · 1 removed"' in overlay

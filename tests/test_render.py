@@ -15,11 +15,19 @@ from torch import nn
 from workbench.capture import capture, dynamic_dims, export_model
 from workbench.graph import GraphView, describe
 from workbench.render import (
+    OPEN_COLLAPSED_ABOVE,
     NodeOverlay,
+    box_of,
+    collapse_group,
     count_boxes,
     dot_to_svg,
+    expand_group,
+    group_depth,
     max_depth,
+    opening_depth,
     render_for_screen,
+    reveal,
+    single_node_modules,
     to_dot,
 )
 
@@ -74,23 +82,25 @@ def test_collapse_depth_one_on_digits(views: dict[str, GraphView]) -> None:
     assert count_boxes(view, collapse_depth=1) == len(top_with_nodes) + len(root_ops) == 9
     dot = to_dot(view, collapse_depth=1)
     ids = box_ids(dot)
+    # A module of one node (pool, avgpool, fc) is drawn as that node: a box would say less.
     assert ids == [
         "x",
         "module/stem",
         "module/block1",
-        "module/pool",
+        "max_pool2d",
         "module/block2",
-        "module/avgpool",
+        "adaptive_avg_pool2d",
         "flatten",
-        "module/fc",
+        "linear",
         "output",
     ]
-    assert {i for i in ids if i.startswith("module/")} == {f"module/{p}" for p in top_with_nodes}
+    assert {i for i in ids if i.startswith("module/")} == {"module/stem", "module/block1",
+                                                           "module/block2"}  # fmt: skip
     assert "subgraph" not in dot  # every module is a single box, so no frames
     # A collapsed box says what it holds: path, type and the number of (non-param) nodes.
     assert '"module/stem" [label="stem\\nConvBNReLU\\n3 nodes"' in dot
     assert '"module/block1" [label="block1\\nResidualBlock\\n7 nodes"' in dot
-    assert '"module/block1" -> "module/pool"' in dot
+    assert '"module/block1" -> max_pool2d' in dot
     assert len(re.findall(r" -> ", dot)) == 8  # a chain: edges inside a box are dropped
 
 
@@ -121,7 +131,8 @@ def test_overlay_styles_one_node_only(views: dict[str, GraphView]) -> None:
     dot = to_dot(view, overlay=overlay)
     conv_line = next(line for line in dot.splitlines() if line.strip().startswith("conv2d ["))
     assert conv_line.strip() == (
-        'conv2d [label="conv2d  [int8]\\nConv2d stem.conv\\nbatch×16×8×8 f32\\n'
+        # Inside the frame "stem (ConvBNReLU)" the module reads relative to it: conv.
+        'conv2d [label="conv2d  [int8]\\nConv2d conv\\nbatch×16×8×8 f32\\n'
         'weight 16×1×3×3" fillcolor="#ff0000" id=conv2d tooltip=hello]'
     )
     assert dot.count("#ff0000") == 1
@@ -163,10 +174,8 @@ def test_fold_params_false_draws_them(views: dict[str, GraphView]) -> None:
     ids = box_ids(dot)
     assert len(ids) == 45
     assert "stem_conv_weight" in ids
-    assert (
-        'stem_conv_weight [label="stem_conv_weight · param\\nConv2d stem.conv\\n16×1×3×3 f32"'
-        in dot
-    )
+    # Drawn with its conv inside the frame "conv (Conv2d)": no module line repeating it.
+    assert 'stem_conv_weight [label="stem_conv_weight · param\\n16×1×3×3 f32"' in dot
     assert "\tstem_conv_weight -> conv2d\n" in dot
     assert len(re.findall(r" -> ", dot)) == 41  # every edge of the view
 
@@ -270,3 +279,97 @@ def test_chunked_boxes_count_with_params_drawn() -> None:
     assert rendered.chunk_size == 11  # ceil(202 / (40 // 2))
     assert len(box_ids(rendered.dot)) == 19
     assert rendered.boxes == 19
+
+
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.fc(x))
+
+
+class TwoPairs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = Pair()
+        self.b = Pair()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+@pytest.fixture(scope="module")
+def pairs() -> GraphView:
+    program, _ = export_model(TwoPairs(), (torch.rand(2, 4),))
+    return describe(program.module(check_guards=False))
+
+
+PAIRS_SOURCE = (
+    f"{__file__}:{Pair.forward.__code__.co_firstlineno + 1}: return x + self.act(self.fc(x))"
+)
+# Group a opened, b a box. The frame of an opened group says so (▾, a click on its title closes
+# the group); inside it module paths read relative to the frame: fc, not a.fc.
+PAIRS_A_OPEN = r"""digraph exported {
+	graph [fontname=Helvetica fontsize=10 rankdir=TB]
+	node [fontname=Helvetica fontsize=10 shape=box style="rounded,filled"]
+	edge [arrowsize=0.6 color="#555555"]
+	x [label="x\nbatch×4 f32" fillcolor="#e0e0e0" id=x shape=ellipse tooltip="x: x"]
+	subgraph cluster_a {
+		color="#8899aa" fontcolor="#445566" id="cluster/a" label="▾ a (Pair)" style="rounded,dashed"
+		linear [label="linear\nLinear fc\nbatch×4 f32\nweight 4×4, bias 4" fillcolor="#a8dadc" id=linear tooltip="linear: aten.linear.default | module a.fc (Linear) | SOURCE"]
+		relu [label="relu\nReLU act\nbatch×4 f32" fillcolor="#fdffb6" id=relu tooltip="relu: aten.relu.default | module a.act (ReLU) | SOURCE"]
+		add [label="add\nbatch×4 f32" fillcolor="#ffc8dd" id=add tooltip="add: aten.add.Tensor | module a (Pair) | SOURCE"]
+	}
+	"module/b" [label="b\nPair\n3 nodes" fillcolor="#dbe4ee" id="module/b" shape=box3d tooltip="b / Pair / 3 nodes (click to expand)"]
+	output [label=output fillcolor="#e0e0e0" id=output shape=ellipse tooltip="output: output"]
+	x -> linear
+	linear -> relu
+	x -> add
+	relu -> add
+	add -> "module/b"
+	"module/b" -> output
+}
+"""  # noqa: E501
+
+
+def test_an_expanded_group_opens_in_a_frame_and_the_others_stay_boxes(pairs: GraphView) -> None:
+    assert box_ids(to_dot(pairs, collapse_depth=1)) == ["x", "module/a", "module/b", "output"]
+    dot = to_dot(pairs, collapse_depth=1, expanded={"a"})
+    assert dot == PAIRS_A_OPEN.replace("SOURCE", PAIRS_SOURCE)
+    assert count_boxes(pairs, collapse_depth=1, expanded={"a"}) == 6
+
+
+def test_expand_collapse_and_reveal_groups(pairs: GraphView) -> None:
+    singles = single_node_modules(pairs)
+    assert singles == {"a.fc", "a.act", "b.fc", "b.act"}  # drawn as their node, never a box
+    assert expand_group(pairs, (), "a", collapse_depth=1) == {"a"} | singles
+    assert collapse_group({"a", "a.fc", "b", "ab"}, "a") == {"b", "ab"}
+    opened = reveal(pairs, ["relu_1"], (), collapse_depth=1)
+    assert "b" in opened and "a" not in opened
+    assert box_of(pairs["relu_1"], 1, opened) == "relu_1"
+    assert box_of(pairs["relu"], 1, opened) == "module/a"
+    assert reveal(pairs, ["relu_1"], (), collapse_depth=None) == singles
+    # Within a budget: opening b would draw 6 boxes, over 5.
+    assert reveal(pairs, ["relu_1"], (), collapse_depth=1, boxes=5) == singles
+    rendered = render_for_screen(pairs, collapse_depth=1, expanded={"b"})
+    assert (rendered.boxes, rendered.expanded) == (6, {"b"} | singles)
+    assert rendered.dot == to_dot(pairs, collapse_depth=1, expanded={"b"})
+
+
+def test_small_graphs_open_whole_and_big_ones_as_module_groups(pairs: GraphView) -> None:
+    assert opening_depth(pairs) is None
+    from benchmarks.models import deep_stack
+
+    model, inputs = deep_stack(600)
+    program, _ = export_model(model, inputs)
+    view = describe(program.module(check_guards=False))
+    assert len(view) > OPEN_COLLAPSED_ABOVE
+    # 5 stages of 120 cells: depth 1 is 7 boxes, depth 2 (cells) over GROUP_BOXES.
+    assert [count_boxes(view, collapse_depth=d) for d in (1, 2)] == [7, 122]
+    assert group_depth(view) == opening_depth(view) == 1
+    # A click opens a 25-cell stage to its ops: 75 boxes fit EXPAND_BOXES.
+    opened = expand_group(view, (), "0", collapse_depth=1)
+    assert count_boxes(view, collapse_depth=1, expanded=opened) == 6 + 25 * 3

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
 
-from ui.graph_view import graph_view, legend
+from ui.graph_view import graph_view, group_click, groups_note, legend
 from ui.state import AppState
 from workbench.checks import check_converted
 from workbench.diff import (
     DIFF_COLOURS,
     StageDiff,
     code_diff,
+    diff_opening_depth,
     diff_stages,
     diff_to_dot,
+    grouped_view,
     overlay_to_dot,
+    overlay_view,
 )
 from workbench.folding import fold_reports
+from workbench.graph import GraphView
+from workbench.render import box_of
 
 SIDES = ("before", "after")
 
@@ -38,31 +44,48 @@ def stage_diff(state: AppState, before: str, after: str) -> StageDiff:
 def linked_graphs(
     state: AppState, diff: StageDiff, names: tuple[str, str], focus: str | None
 ) -> None:
-    """Before and after side by side; a click on either selects its group on both."""
+    """Before and after side by side; a click on a node selects its group on both, a click
+    on a module box expands that module on both (big graphs open collapsed to groups)."""
+    views = [state.stage_view(n) for n in names]
+    depth = None if focus else diff_opening_depth(views[0], views[1], diff)
+    expanded = state.diff_expanded
     selected = state.diff_selected
+    box = selected[1] if selected is not None and "/" in selected[1] else None
     group = None
-    if selected is not None:
+    if selected is not None and box is None:
         try:
             group = diff.change(selected[1], selected[0]).group  # type: ignore[arg-type]
         except KeyError:
             selected = state.diff_selected = None
     members = diff.group_members(group) if group else ([], [])
     legend(DIFF_COLOURS)
-    for column, side, stage, group_side in zip(st.columns(2), SIDES, names, members, strict=True):
+    if depth is not None and _collapse_all(state, diff, depth):
+        st.rerun()
+    sides = zip(st.columns(2), SIDES, names, views, members, strict=True)
+    for column, side, stage, view, group_side in sides:
         with column:
             st.markdown(f"**{side}: {stage}**")
-            view = state.stage_view(stage)
-            dot = diff_to_dot(view, diff, side=side, focus_group=focus)  # type: ignore[arg-type]
-            mine = selected[1] if selected is not None and selected[0] == side else None
-            if selected is not None and selected[0] != side:
+            dot = diff_to_dot(view, diff, side=side, focus_group=focus,  # type: ignore[arg-type]
+                              collapse_depth=depth, expanded=expanded)  # fmt: skip
+            mine = box or (selected[1] if selected is not None and selected[0] == side else None)
+            if selected is not None and box is None and selected[0] != side:
                 counterparts = diff.counterparts(selected[1], selected[0])  # type: ignore[arg-type]
                 # Parameters are folded into labels: select the last drawn op (the anchor).
                 drawn = [n for n in counterparts if n in view and not view[n].is_param]
                 mine = drawn[-1] if drawn else None
+            shown = _boxes(view, diff, side, depth, expanded)
             clicked = graph_view(
-                dot, key=f"diff-{side}", selected=mine, highlight=group_side,
-                center=mine, height="60vh",
+                dot, key=f"diff-{side}", selected=shown(mine), center=shown(mine),
+                highlight=list(dict.fromkeys(b for n in group_side if (b := shown(n)))),
+                height="60vh",
             )  # fmt: skip
+            if clicked and "/" in clicked and depth is not None:
+                grouped = grouped_view(view, diff, side=side)  # type: ignore[arg-type]
+                opened, target = group_click(grouped, clicked, expanded, depth)
+                if (opened, (side, target)) != (expanded, state.diff_selected):
+                    state.diff_expanded, state.diff_selected = opened, (side, target)
+                    st.rerun()
+                clicked = None
             if clicked and (side, clicked) != state.diff_selected:
                 state.diff_selected = (side, clicked)
                 st.rerun()
@@ -72,13 +95,49 @@ def linked_graphs(
                 f"after {', '.join(after) or '—'}.")  # fmt: skip
 
 
+def _boxes(
+    view: GraphView, diff: StageDiff, side: str, depth: int | None, expanded: frozenset[str]
+) -> Callable[[str | None], str | None]:
+    """Which drawn box stands for a node of one side (a group id stands for itself)."""
+    grouped = view if depth is None else grouped_view(view, diff, side=side)  # type: ignore[arg-type]
+
+    def shown(name: str | None) -> str | None:
+        if name is None or "/" in name or name not in grouped:
+            return name
+        return box_of(grouped[name], depth, expanded)
+
+    return shown
+
+
+def _collapse_all(state: AppState, diff: StageDiff, depth: int) -> bool:
+    """The collapsed diff's note and "Collapse all"; True when pressed (the state is reset)."""
+    text = (f"{len(diff.changes):,} changes: modules at depth {depth} are one box each, "
+            "with their counts per kind; a box where nothing changed is plain.")  # fmt: skip
+    if not groups_note(text, bool(state.diff_expanded), key="diff"):
+        return False
+    state.diff_expanded, state.diff_selected = frozenset(), None
+    return True
+
+
 def overlay_graph(state: AppState, diff: StageDiff, names: tuple[str, str]) -> None:
     """One graph: the after stage with the removed nodes of the before stage drawn in."""
     legend(DIFF_COLOURS)
     before, after = (state.stage_view(n) for n in names)
-    clicked = graph_view(overlay_to_dot(before, after, diff), key="diff-overlay",
-                         selected=state.selected, height="70vh")  # fmt: skip
-    if clicked:
+    depth = diff_opening_depth(before, after, diff)
+    expanded = state.diff_expanded
+    if depth is not None and _collapse_all(state, diff, depth):
+        st.rerun()
+    dot = overlay_to_dot(before, after, diff, collapse_depth=depth, expanded=expanded)
+    box = state.diff_selected[1] if state.diff_selected and "/" in state.diff_selected[1] else None
+    clicked = graph_view(dot, key="diff-overlay", selected=box or state.selected, center=box,
+                         height="70vh")  # fmt: skip
+    if clicked and clicked.startswith(("module/", "cluster/")) and depth is not None:
+        grouped = grouped_view(overlay_view(before, after, diff), diff)
+        opened, target = group_click(grouped, clicked, expanded, depth)
+        if (opened, ("after", target)) != (expanded, state.diff_selected):
+            state.diff_expanded, state.diff_selected = opened, ("after", target)
+            st.rerun()
+    elif clicked:
         st.caption(f"{clicked}: {_describe(diff, clicked)}")
 
 

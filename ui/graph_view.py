@@ -3,122 +3,31 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import streamlit as st
 
+from ui.graph_component import component
 from ui.state import step, svg_for
-from workbench.graph import NodeInfo
+from workbench.compare import sqnr_colours
+from workbench.graph import GraphView, NodeInfo
 from workbench.numeric import NodeError
 from workbench.recipe import Effective
-from workbench.render import format_shape
+from workbench.render import (
+    OPEN_COLLAPSED_ABOVE,
+    collapse_group,
+    expand_group,
+    format_shape,
+    max_depth,
+    opening_depth,
+    single_node_modules,
+)
 
-_CSS = """
-.wb-graph { width: 100%; height: var(--wb-height, 70vh); overflow: hidden; cursor: grab;
-            border: 1px solid #dde3ea; border-radius: 6px; background: #fff; position: relative; }
-.wb-graph.dragging { cursor: grabbing; }
-.wb-graph svg { width: 100%; height: 100%; user-select: none; }
-.wb-graph g.node { cursor: pointer; }
-.wb-graph g.node.wb-selected path, .wb-graph g.node.wb-selected polygon,
-.wb-graph g.node.wb-selected ellipse { stroke: #d62728; stroke-width: 3px; }
-.wb-graph g.node.wb-match path, .wb-graph g.node.wb-match polygon,
-.wb-graph g.node.wb-match ellipse { stroke: #1f77b4; stroke-width: 4px; }
-.wb-hint { position: absolute; right: 8px; bottom: 6px; font: 11px sans-serif; color: #889; }
-"""
-
-_HTML = '<div class="wb-graph"></div>'
-
-# Handlers are assigned (element.onclick = ...), never added: the function runs again on the
-# same element whenever `data` changes, and added listeners would stack up.
-_JS = """
-export default function ({ data, parentElement, setTriggerValue }) {
-  const box = parentElement.querySelector(".wb-graph");
-  box.style.setProperty("--wb-height", data.height);
-  if (box.dataset.svgKey !== data.svg_key) {
-    box.innerHTML = data.svg + '<div class="wb-hint">scroll to zoom · drag to pan · ' +
-                    'double-click: whole graph</div>';
-    box.dataset.svgKey = data.svg_key;
-    box._wbView = null;
-  }
-  const svg = box.querySelector("svg");
-  if (!svg) return;
-  svg.removeAttribute("width");
-  svg.removeAttribute("height");
-  const full = svg.viewBox.baseVal;
-  const whole = [full.x, full.y, full.width, full.height];
-  // Open readable: at most 1.5 px per point, top of the graph, centred across.
-  const bw = box.clientWidth || 800, bh = box.clientHeight || 600;
-  const px = Math.min(1.5, bw / full.width);
-  const start = [full.x - (bw / px - full.width) / 2, full.y, bw / px, bh / px];
-  let view = box._wbView || start;
-  const apply = () => { box._wbView = view; svg.setAttribute("viewBox", view.join(" ")); };
-  apply();
-  const byId = (id) => box.querySelector('g.node[id="' + CSS.escape(id) + '"]');
-  box.querySelectorAll("g.node.wb-selected, g.node.wb-match").forEach((g) =>
-    g.classList.remove("wb-selected", "wb-match"));
-  if (data.selected && byId(data.selected)) byId(data.selected).classList.add("wb-selected");
-  (data.highlight || []).forEach((id) => {
-    const g = byId(id);
-    if (g) g.classList.add("wb-match");
-  });
-  // Recolour without a new layout: fills are set on the shapes of each node.
-  box.querySelectorAll("g.node").forEach((g) => {
-    const colour = data.colors ? data.colors[g.id] : null;
-    g.querySelectorAll("path, polygon, ellipse").forEach((shape) => {
-      if (!shape.dataset.fill) shape.dataset.fill = shape.getAttribute("fill") || "";
-      shape.setAttribute("fill", colour || shape.dataset.fill);
-    });
-  });
-  if (data.center && box.dataset.centered !== data.center + "|" + data.svg_key) {
-    const g = byId(data.center);
-    if (g) {
-      const b = g.getBBox();
-      const toUser = svg.getCTM().inverse().multiply(g.getCTM());
-      const c = new DOMPoint(b.x + b.width / 2, b.y + b.height / 2).matrixTransform(toUser);
-      view = [c.x - view[2] / 2, c.y - view[3] / 2, view[2], view[3]];
-      apply();
-      box.dataset.centered = data.center + "|" + data.svg_key;
-    }
-  }
-  const toSvg = (ev) => {
-    const r = svg.getBoundingClientRect();
-    const s = Math.max(view[2] / r.width, view[3] / r.height);
-    return [view[0] + (ev.clientX - r.left) * s, view[1] + (ev.clientY - r.top) * s, s];
-  };
-  box.onwheel = (ev) => {
-    ev.preventDefault();
-    const [x, y] = toSvg(ev);
-    const k = ev.deltaY > 0 ? 1.15 : 1 / 1.15;
-    view = [x - (x - view[0]) * k, y - (y - view[1]) * k, view[2] * k, view[3] * k];
-    apply();
-  };
-  let drag = null;
-  box.onmousedown = (ev) => { drag = { x: ev.clientX, y: ev.clientY, moved: false }; };
-  box.onmousemove = (ev) => {
-    if (!drag) return;
-    const [, , s] = toSvg(ev);
-    const dx = ev.clientX - drag.x, dy = ev.clientY - drag.y;
-    if (Math.abs(dx) + Math.abs(dy) > 3) { drag.moved = true; box.classList.add("dragging"); }
-    view = [view[0] - dx * s, view[1] - dy * s, view[2], view[3]];
-    drag.x = ev.clientX; drag.y = ev.clientY;
-    apply();
-  };
-  box.onmouseup = box.onmouseleave = () => {
-    box.classList.remove("dragging");
-    setTimeout(() => { drag = null; }, 0);
-  };
-  box.ondblclick = () => {
-    view = (view.join() === whole.join()) ? start.slice() : whole.slice();
-    apply();
-  };
-  box.onclick = (ev) => {
-    if (drag && drag.moved) return;
-    const g = ev.target.closest("g.node");
-    if (g) setTriggerValue("clicked", g.id);
-  };
-}
-"""
-
-_component = st.components.v2.component("workbench.graph_view", html=_HTML, css=_CSS, js=_JS)
+AUTO, EXPANDED = "auto", "expanded"
+DEPTH_HELP = (
+    f"auto: the whole graph up to {OPEN_COLLAPSED_ABOVE} nodes, else module groups (one box "
+    "each, with its node count; click one to expand it). A number: modules at that depth."
+)
 
 
 def _ignore() -> None:
@@ -138,8 +47,9 @@ def graph_view(
     """Lay out `dot` and show it; returns the id of the node clicked in this rerun, if any.
 
     `colors` recolours nodes in the browser (no new layout), `highlight` outlines search
-    matches and `center` scrolls one node into the middle once. A failed layout (no Graphviz)
-    is an error box in the graph's place.
+    matches and `center` scrolls one node (or frame `cluster/PATH`) into the middle once.
+    A click on a frame's title returns `cluster/PATH`. A failed layout (no Graphviz) is an
+    error box in the graph's place.
     """
     svg: str | None = None
     with step("Graph layout"):
@@ -150,8 +60,68 @@ def graph_view(
         "svg": svg, "svg_key": f"{len(svg)}:{hash(svg)}", "selected": selected,
         "colors": colors, "highlight": highlight or [], "center": center, "height": height,
     }  # fmt: skip
-    result = _component(data=data, key=key, on_clicked_change=_ignore)
+    result = component(data=data, key=key, on_clicked_change=_ignore)
     return getattr(result, "clicked", None)
+
+
+def depth_options(view: GraphView) -> list[str | int]:
+    """The choices of the "Collapse modules at depth" slider."""
+    return [AUTO, EXPANDED, *range(1, max_depth(view) + 1)]
+
+
+def chosen_depth(view: GraphView, choice: str | int) -> int | None:
+    """The collapse depth a slider choice stands for (None: nothing collapsed)."""
+    if choice == AUTO:
+        return opening_depth(view)
+    return None if choice == EXPANDED else int(choice)
+
+
+def group_click(
+    view: GraphView, clicked: str, expanded: frozenset[str], depth: int | None
+) -> tuple[frozenset[str], str]:
+    """What a click does to the expansion: (expanded groups, id to select and centre on).
+
+    A collapsed group box opens (selecting its frame), a frame title closes its group
+    (selecting its box again); a node click selects the node and expands nothing.
+    """
+    kind, _, path = clicked.partition("/")
+    if kind == "module" and depth is not None and path:
+        return expand_group(view, expanded, path, collapse_depth=depth), f"cluster/{path}"
+    if kind == "cluster" and path:
+        # Single-node modules stay open (they are drawn as their node), as expand_group keeps.
+        return collapse_group(expanded, path) | single_node_modules(view), f"module/{path}"
+    return expanded, clicked
+
+
+def groups_note(text: str, expanded: bool, *, key: str) -> bool:
+    """How a collapsed graph reads, and a "Collapse all" button; True when it was pressed."""
+    note, reset = st.columns([5, 1])
+    note.caption(f"{text} Click a box to expand it, an expanded group's title (▾) to collapse it.")
+    return reset.button("Collapse all", disabled=not expanded, key=f"{key}-collapse-all")
+
+
+def sqnr_box_colours(
+    view: GraphView, errors: Iterable[NodeError], depth: int | None
+) -> dict[str, str]:
+    """SQNR colours of every box an expansion can show: groups at each depth, single nodes."""
+    depths = [None] if depth is None else [*range(depth, max_depth(view) + 1), None]
+    return {box: colour for d in depths for box, colour in sqnr_colours(view, errors, d).items()}
+
+
+def group_details(view: GraphView, box: str) -> None:
+    """The detail panel for a module group box (`module/PATH`) or frame (`cluster/PATH`)."""
+    kind, _, path = box.partition("/")
+    try:
+        module = view.module(path)
+    except KeyError:
+        st.caption("Click a node to see its details and edit how it is quantized.")
+        return
+    st.subheader(path)
+    st.markdown(f"**{module.type}** · {module.total_nodes:,} nodes")
+    if kind == "module":
+        st.caption("Collapsed: click the box to expand it.")
+    else:
+        st.caption("Expanded: click its frame's title (▾) to collapse it again.")
 
 
 def legend(colours: dict[str, str]) -> None:

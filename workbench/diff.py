@@ -38,7 +38,7 @@ import dataclasses
 import difflib
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,7 +49,15 @@ from torch.fx.node import map_aggregate
 
 from workbench.graph import GraphView, NodeInfo, describe
 from workbench.numeric import _exported_graph_id, _is_batch_norm, _is_qdq, _root
-from workbench.render import NodeOverlay, to_dot
+from workbench.render import (
+    OPEN_COLLAPSED_ABOVE,
+    NodeOverlay,
+    box_of,
+    group_depth,
+    max_depth,
+    single_node_modules,
+    to_dot,
+)
 
 __all__ = [
     "DIFF_COLOURS",
@@ -57,8 +65,11 @@ __all__ = [
     "NodeChange",
     "StageDiff",
     "code_diff",
+    "diff_opening_depth",
     "diff_stages",
     "diff_to_dot",
+    "group_overlays",
+    "grouped_view",
     "overlay_to_dot",
     "overlay_view",
 ]
@@ -599,14 +610,22 @@ def _node_detail(entry: _Entry, side: _SideGraph) -> str:
 
 
 def diff_to_dot(
-    view: GraphView, diff: StageDiff, *, side: Side, focus_group: str | None = None
+    view: GraphView,
+    diff: StageDiff,
+    *,
+    side: Side,
+    focus_group: str | None = None,
+    collapse_depth: int | None = None,
+    expanded: Collection[str] = (),
 ) -> str:
     """DOT text of one side of a diff, each node coloured by what happened to it.
 
     `view` describes that side's GraphModule. Added nodes are green, rewritten amber,
     renamed and unchanged grey; removed nodes exist only on the before side and are drawn
     there with a dashed red border. With `focus_group`, only the group's nodes and their
-    direct inputs and outputs are drawn.
+    direct inputs and outputs are drawn. With `collapse_depth`, modules not in `expanded` are
+    one box each (see `to_dot`), placed by `grouped_view` and labelled with their counts per
+    kind (`group_overlays`).
     """
     overlay: dict[str, NodeOverlay] = {}
     for change in diff.changes:
@@ -629,7 +648,100 @@ def diff_to_dot(
     if focus_group is not None:
         before, after = diff.group_members(focus_group)
         view = _focus(view, before if side == "before" else after)
-    return to_dot(view, overlay=overlay)
+    elif collapse_depth is not None:
+        view = grouped_view(view, diff, side=side)
+        changes = _changes_by_node(view, diff, side)
+        overlay.update(group_overlays(view, changes, collapse_depth, expanded))
+    return to_dot(view, overlay=overlay, collapse_depth=collapse_depth, expanded=expanded)
+
+
+def grouped_view(view: GraphView, diff: StageDiff, *, side: Side | None = None) -> GraphView:
+    """`view` with nodes outside every module (q/dq, observers) put in the diff's module.
+
+    FX gives the nodes prepare and convert insert no module stack; the diff knows the module
+    of the op each one serves, so a collapsed module box counts them. `side=None` reads an
+    `overlay_view` (after-side names, removed nodes behind REMOVED_PREFIX).
+    """
+    modules = {m.path: m.type for m in view.modules.walk() if m.path}
+    nodes = []
+    for node in view.nodes:
+        change = _change_of(diff, node.name, side)
+        if node.module_chain or change is None or not change.module:
+            nodes.append(node)
+            continue
+        parts = change.module.split(".")
+        chain = tuple(p for p in (".".join(parts[: i + 1]) for i in range(len(parts)))
+                      if p in modules)  # fmt: skip
+        if not chain:
+            nodes.append(node)
+            continue
+        nodes.append(dataclasses.replace(node, module=chain[-1], module_type=modules[chain[-1]],
+                                         module_chain=chain))  # fmt: skip
+    return GraphView(view.stage, tuple(nodes), view.edges, view.modules)
+
+
+def diff_opening_depth(before: GraphView, after: GraphView, diff: StageDiff) -> int | None:
+    """The collapse depth both sides of a diff open at: module groups over
+    OPEN_COLLAPSED_ABOVE nodes on the larger side, else None (drawn whole)."""
+    if max(len(before), len(after)) <= OPEN_COLLAPSED_ABOVE or max_depth(before) == 0:
+        return None
+    return group_depth(grouped_view(before, diff, side="before"))
+
+
+def group_overlays(
+    view: GraphView,
+    changes: dict[str, NodeChange],
+    collapse_depth: int,
+    expanded: Collection[str] = (),
+) -> dict[str, NodeOverlay]:
+    """Styling of the collapsed module boxes: counts per kind, coloured by the strongest.
+
+    A box holding rewritten nodes is amber, else added green, else removed (dashed red);
+    a box where nothing changed keeps the plain module colour and says "unchanged".
+    Only drawn nodes count (parameters are folded into labels), like the box's node count.
+    """
+    counted: dict[str, Counter[str]] = {}
+    opened = frozenset(expanded) | single_node_modules(view)
+    for name, change in changes.items():
+        if view[name].is_param:
+            continue
+        box = box_of(view[name], collapse_depth, opened)
+        if box.startswith("module/"):
+            counted.setdefault(box, Counter())[change.kind] += 1
+    overlays: dict[str, NodeOverlay] = {}
+    for box, kinds in counted.items():
+        shown = [k for k in KINDS if k != "unchanged" and kinds.get(k)]
+        note = " · ".join(f"{kinds[k]} {k}" for k in shown) or "unchanged"
+        tooltip = f"{box.split('/', 1)[1]}: " + ", ".join(f"{kinds[k]} {k}" for k in KINDS
+                                                          if kinds.get(k))  # fmt: skip
+        tooltip += " (click to expand)"
+        strongest = next((k for k in ("rewritten", "added", "removed") if kinds.get(k)), None)
+        if strongest == "removed":
+            overlays[box] = NodeOverlay(fill=_REMOVED_FILL, border=DIFF_COLOURS["removed"],
+                                        tooltip=tooltip, note=note,
+                                        style="rounded,filled,dashed")  # fmt: skip
+        else:
+            fill = DIFF_COLOURS[strongest] if strongest else None
+            overlays[box] = NodeOverlay(fill=fill, tooltip=tooltip, note=note)
+    return overlays
+
+
+def _change_of(diff: StageDiff, name: str, side: Side | None) -> NodeChange | None:
+    """The change behind node `name` of one side, or of an overlay view (side None)."""
+    if side is None:
+        if name.startswith(REMOVED_PREFIX):
+            name, side = name.removeprefix(REMOVED_PREFIX), "before"
+        else:
+            side = "after"
+    try:
+        return diff.change(name, side)
+    except KeyError:
+        return None
+
+
+def _changes_by_node(view: GraphView, diff: StageDiff, side: Side | None) -> dict[str, NodeChange]:
+    found = {n.name: _change_of(diff, n.name, side) for n in view.nodes}
+    return {name: change for name, change in found.items() if change is not None}
 
 
 REMOVED_PREFIX = "before/"
@@ -667,7 +779,14 @@ def overlay_view(before: GraphView, after: GraphView, diff: StageDiff) -> GraphV
                      after.modules)  # fmt: skip
 
 
-def overlay_to_dot(before: GraphView, after: GraphView, diff: StageDiff) -> str:
+def overlay_to_dot(
+    before: GraphView,
+    after: GraphView,
+    diff: StageDiff,
+    *,
+    collapse_depth: int | None = None,
+    expanded: Collection[str] = (),
+) -> str:
     """DOT text of `overlay_view`, coloured like `diff_to_dot` on both sides at once."""
     view = overlay_view(before, after, diff)
     overlay: dict[str, NodeOverlay] = {}
@@ -685,7 +804,11 @@ def overlay_to_dot(before: GraphView, after: GraphView, diff: StageDiff) -> str:
             overlay[change.after] = NodeOverlay(
                 fill=DIFF_COLOURS[change.kind], badge=badge, tooltip=tooltip
             )
-    return to_dot(view, overlay=overlay)
+    if collapse_depth is not None:
+        view = grouped_view(view, diff)
+        changes = _changes_by_node(view, diff, None)
+        overlay.update(group_overlays(view, changes, collapse_depth, expanded))
+    return to_dot(view, overlay=overlay, collapse_depth=collapse_depth, expanded=expanded)
 
 
 def _focus(view: GraphView, members: Iterable[str]) -> GraphView:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import graphviz
@@ -16,6 +17,12 @@ from workbench.graph import GraphView, NodeInfo
 # Per-module clusters keep `dot` near 0.5 s at this many boxes on a 2-core machine
 # (STREAMLIT_NOTES.md: 1,000 nodes 0.2-0.25 s, 3,000 nodes 1.3-1.8 s).
 DEFAULT_NODE_BUDGET = 1500
+# Over this many graph nodes a graph opens collapsed to module groups: drawn whole, a ResNet-50
+# (497 nodes) is a column too long to read at first sight.
+OPEN_COLLAPSED_ABOVE = 300
+GROUP_BOXES = 40  # module groups: the deepest depth drawing at most this many boxes
+EXPAND_BOXES = 120  # a click opens a group as many levels down as keep it under this
+REVEAL_BOXES = 400  # search opens the groups of its matches while the graph stays under this
 
 FAMILY_COLOURS: dict[str, str] = {
     "input": "#e0e0e0",
@@ -46,6 +53,7 @@ class NodeOverlay:
     badge: str | None = None
     tooltip: str | None = None
     style: str | None = None  # Graphviz node style, e.g. "rounded,filled,dashed"
+    note: str | None = None  # an extra last label line, e.g. a collapsed group's diff counts
 
 
 Overlay = Mapping[str, NodeOverlay]
@@ -60,6 +68,7 @@ class Rendered:
     chunk_size: int | None
     boxes: int
     auto_collapsed: bool
+    expanded: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -88,14 +97,19 @@ def to_dot(
     overlay: Overlay | None = None,
     fold_params: bool = True,
     rankdir: str = "TB",
+    expanded: Collection[str] = (),
 ) -> str:
     """DOT text for `view`.
 
     Node ids are FX node names; a module collapsed at `collapse_depth` (1 = top-level children
-    of the model) is one box with id `module/PATH`; with `chunk_size`, nodes outside every
-    module are grouped into boxes `chunk/N` of that many consecutive nodes.
+    of the model) is one box with id `module/PATH`, unless its path is in `expanded`: then its
+    children are drawn (collapsed in turn unless expanded) inside a frame `cluster/PATH` whose
+    label starts with "▾". With `chunk_size`, nodes outside every module are grouped into
+    boxes `chunk/N` of that many consecutive nodes. A box inside a frame is labelled with its
+    path relative to the frame's, and so are a frame's title and a node's module line.
     """
-    items, rep = _items(view, collapse_depth, chunk_size, fold_params)
+    opened = frozenset(expanded) | single_node_modules(view)
+    items, rep = _items(view, collapse_depth, chunk_size, fold_params, opened)
     overlay = overlay or {}
     dot = graphviz.Digraph(
         view.stage,
@@ -108,7 +122,7 @@ def to_dot(
     for item in items:
         _cluster_for(root, item.clusters).entries.append(item)
     types = {m.path: m.type for m in view.modules.walk()}
-    _emit_cluster(dot, root, types, overlay)
+    _emit_cluster(dot, root, types, overlay, collapse_depth)
     seen: set[tuple[str, str]] = set()
     for src, dst in view.edges:
         edge = (rep.get(src), rep.get(dst))
@@ -119,12 +133,102 @@ def to_dot(
     return dot.source
 
 
-def box_of(node: NodeInfo, collapse_depth: int | None) -> str:
+def box_of(node: NodeInfo, collapse_depth: int | None, expanded: Collection[str] = ()) -> str:
     """The id of the box that stands for `node` when drawn at `collapse_depth` (no chunking)."""
-    chain = node.module_chain
-    if collapse_depth is not None and len(chain) >= collapse_depth:
-        return "module/" + chain[collapse_depth - 1]
-    return node.name
+    path = _collapsed_module(node.module_chain, collapse_depth, expanded)
+    return node.name if path is None else "module/" + path
+
+
+def _collapsed_module(
+    chain: tuple[str, ...], collapse_depth: int | None, expanded: Collection[str]
+) -> str | None:
+    """The outermost module of `chain` at `collapse_depth` or deeper that is not expanded."""
+    if collapse_depth is None:
+        return None
+    return next((path for path in chain[collapse_depth - 1 :] if path not in expanded), None)
+
+
+def single_node_modules(view: GraphView) -> frozenset[str]:
+    """Modules holding a single (non-parameter) node: drawn as that node, never as a box."""
+    sizes = Counter(path for n in view.nodes if not n.is_param for path in n.module_chain)
+    return frozenset(path for path, size in sizes.items() if size == 1)
+
+
+def group_depth(view: GraphView, *, boxes: int = GROUP_BOXES, fold_params: bool = True) -> int:
+    """The depth of a view's module groups: the deepest collapse depth within `boxes` boxes."""
+    best = 1
+    for depth in range(1, max_depth(view) + 1):
+        if count_boxes(view, collapse_depth=depth, fold_params=fold_params) > boxes:
+            break
+        best = depth
+    return best
+
+
+def opening_depth(view: GraphView) -> int | None:
+    """The collapse depth a view opens at: module groups over OPEN_COLLAPSED_ABOVE nodes."""
+    if len(view) <= OPEN_COLLAPSED_ABOVE or max_depth(view) == 0:
+        return None
+    return group_depth(view)
+
+
+def expand_group(
+    view: GraphView,
+    expanded: Collection[str],
+    path: str,
+    *,
+    collapse_depth: int,
+    boxes: int = EXPAND_BOXES,
+) -> frozenset[str]:
+    """`expanded` with module `path` opened: as many levels down as keep it within `boxes`.
+
+    A ResNet bottleneck opens to its ops in one click; a 200-cell stage opens to its cells.
+    The result includes the view's single-node modules (always drawn open).
+    """
+    opened = frozenset(expanded) | {path} | single_node_modules(view)
+    below = [m for m in view.modules.walk() if m.path.startswith(path + ".")]
+    for depth in sorted({m.depth for m in below}):
+        wider = opened | {m.path for m in below if m.depth == depth}
+        inside = {
+            box_of(n, collapse_depth, wider)
+            for n in view.nodes
+            if path in n.module_chain and not n.is_param
+        }
+        if len(inside) > boxes:
+            break
+        opened = wider
+    return opened
+
+
+def collapse_group(expanded: Collection[str], path: str) -> frozenset[str]:
+    """`expanded` with module `path` and every module inside it closed again."""
+    return frozenset(p for p in expanded if p != path and not p.startswith(path + "."))
+
+
+def reveal(
+    view: GraphView,
+    names: Iterable[str],
+    expanded: Collection[str],
+    *,
+    collapse_depth: int | None,
+    boxes: int = REVEAL_BOXES,
+) -> frozenset[str]:
+    """`expanded` with the groups of nodes `names` opened, in order, while within `boxes`.
+
+    The result includes the view's single-node modules (always drawn open), so `box_of`
+    with it names the box each node is drawn in.
+    """
+    opened = frozenset(expanded) | single_node_modules(view)
+    if collapse_depth is None:
+        return opened
+    for name in names:
+        chain = view[name].module_chain[collapse_depth - 1 :]
+        if all(path in opened for path in chain):
+            continue
+        wider = opened | set(chain)
+        if count_boxes(view, collapse_depth=collapse_depth, expanded=wider) > boxes:
+            break
+        opened = wider
+    return opened
 
 
 def count_boxes(
@@ -133,9 +237,11 @@ def count_boxes(
     collapse_depth: int | None = None,
     chunk_size: int | None = None,
     fold_params: bool = True,
+    expanded: Collection[str] = (),
 ) -> int:
     """How many boxes `to_dot` would draw with these options."""
-    return len(_items(view, collapse_depth, chunk_size, fold_params)[0])
+    opened = frozenset(expanded) | single_node_modules(view)
+    return len(_items(view, collapse_depth, chunk_size, fold_params, opened)[0])
 
 
 def max_depth(view: GraphView) -> int:
@@ -150,12 +256,22 @@ def render_for_screen(
     node_budget: int = DEFAULT_NODE_BUDGET,
     overlay: Overlay | None = None,
     fold_params: bool = True,
+    expanded: Collection[str] = (),
 ) -> Rendered:
     """DOT text that stays within `node_budget` boxes, collapsing modules further if needed.
 
-    The requested depth is kept when it fits; otherwise the deepest depth that fits is used,
-    and if even top-level modules are too many boxes, loose nodes are chunked as well.
+    The requested depth (and `expanded` groups) is kept when it fits; otherwise the deepest
+    depth that fits is used with nothing expanded, and if even top-level modules are too many
+    boxes, loose nodes are chunked as well.
     """
+    opened = frozenset(expanded) | single_node_modules(view)
+    if collapse_depth is not None and frozenset(expanded):
+        boxes = count_boxes(view, collapse_depth=collapse_depth, fold_params=fold_params,
+                            expanded=opened)  # fmt: skip
+        if boxes <= node_budget:
+            dot = to_dot(view, collapse_depth=collapse_depth, overlay=overlay,
+                         fold_params=fold_params, expanded=opened)  # fmt: skip
+            return Rendered(dot, collapse_depth, None, boxes, False, opened)
     depths = [collapse_depth] if collapse_depth is not None else [None]
     start = max_depth(view) if collapse_depth is None else collapse_depth - 1
     depths += list(range(start, 0, -1))
@@ -163,7 +279,8 @@ def render_for_screen(
         boxes = count_boxes(view, collapse_depth=depth, fold_params=fold_params)
         if boxes <= node_budget:
             dot = to_dot(view, collapse_depth=depth, overlay=overlay, fold_params=fold_params)
-            return Rendered(dot, depth, None, boxes, depth != collapse_depth)
+            return Rendered(dot, depth, None, boxes, depth != collapse_depth,
+                            single_node_modules(view))  # fmt: skip
     depth = 1 if max_depth(view) else None
     loose = count_boxes(view, collapse_depth=depth, fold_params=fold_params)
     chunk = max(2, math.ceil(loose / max(1, node_budget // 2)))
@@ -173,7 +290,7 @@ def render_for_screen(
         chunk *= 2
     dot = to_dot(view, collapse_depth=depth, chunk_size=chunk, overlay=overlay,
                  fold_params=fold_params)  # fmt: skip
-    return Rendered(dot, depth, chunk, boxes, True)
+    return Rendered(dot, depth, chunk, boxes, True, single_node_modules(view))
 
 
 def dot_to_svg(dot_source: str, *, timeout: float = 120.0) -> str:
@@ -200,7 +317,11 @@ def dot_to_svg(dot_source: str, *, timeout: float = 120.0) -> str:
 
 
 def _items(
-    view: GraphView, collapse_depth: int | None, chunk_size: int | None, fold_params: bool
+    view: GraphView,
+    collapse_depth: int | None,
+    chunk_size: int | None,
+    fold_params: bool,
+    expanded: frozenset[str] = frozenset(),
 ) -> tuple[list[_Item], dict[str, str]]:
     """The boxes to draw, in graph order, and which box stands for each node."""
     items: list[_Item] = []
@@ -211,13 +332,13 @@ def _items(
         if fold_params and node.is_param:
             continue
         chain = node.module_chain
+        path = _collapsed_module(chain, collapse_depth, expanded)
         if chunk_size is not None and (not chain or collapse_depth == 1):
             # Consecutive top-level boxes (loose nodes and whole top-level modules) share one.
             position = top_level.setdefault(chain[0] if chain else node.name, len(top_level))
             item = _box(boxes, items, f"chunk/{position // chunk_size}", "chunk", ())
-        elif collapse_depth is not None and len(chain) >= collapse_depth:
-            path = chain[collapse_depth - 1]
-            item = _box(boxes, items, "module/" + path, "module", chain[: collapse_depth - 1])
+        elif path is not None:
+            item = _box(boxes, items, "module/" + path, "module", chain[: chain.index(path)])
         else:
             item = _Item(node.name, "node", chain, node)
             items.append(item)
@@ -248,40 +369,56 @@ def _cluster_for(root: _Cluster, chain: tuple[str, ...]) -> _Cluster:
 
 
 def _emit_cluster(
-    dot: graphviz.Digraph, cluster: _Cluster, types: dict[str, str], overlay: Overlay
+    dot: graphviz.Digraph,
+    cluster: _Cluster,
+    types: dict[str, str],
+    overlay: Overlay,
+    collapse_depth: int | None,
+    level: int = 1,
+    frame: str = "",
 ) -> None:
-    for entry in cluster.entries:
+    """Emit a cluster's entries; `level` is their module depth, `frame` the enclosing frame."""
+    for start in cluster.entries:
+        entry, depth = start, level
         # A module holding a single box (a leaf Conv2d, say) gets no frame of its own: the
         # box's label already names the module.
         while isinstance(entry, _Cluster) and len(entry.entries) == 1:
-            entry = entry.entries[0]
+            entry, depth = entry.entries[0], depth + 1
         if isinstance(entry, _Item):
-            _emit_item(dot, entry, types, overlay)
+            _emit_item(dot, entry, types, overlay, frame)
             continue
         with dot.subgraph(name="cluster_" + entry.path) as sub:
-            label = f"{entry.path} ({types[entry.path]})" if types.get(entry.path) else entry.path
-            sub.attr(id="cluster/" + entry.path, label=label, style="rounded,dashed",
-                     color="#8899aa", fontcolor="#445566")  # fmt: skip
-            _emit_cluster(sub, entry, types, overlay)
+            name = _relative(entry.path, frame)
+            label = f"{name} ({types[entry.path]})" if types.get(entry.path) else name
+            # A frame at the collapse depth or deeper is an expanded group: clicking it closes it.
+            opened = collapse_depth is not None and depth >= collapse_depth
+            sub.attr(id="cluster/" + entry.path, label=("▾ " if opened else "") + label,
+                     style="rounded,dashed", color="#8899aa", fontcolor="#445566")  # fmt: skip
+            _emit_cluster(sub, entry, types, overlay, collapse_depth, depth + 1, entry.path)
 
 
-def _emit_item(dot: graphviz.Digraph, item: _Item, types: dict[str, str], overlay: Overlay) -> None:
+def _emit_item(
+    dot: graphviz.Digraph, item: _Item, types: dict[str, str], overlay: Overlay, frame: str = ""
+) -> None:
     extra = overlay.get(item.id, NodeOverlay())
     if item.node is not None:
-        lines = _node_lines(item.node)
+        lines = _node_lines(item.node, frame)
         fill = FAMILY_COLOURS.get(item.node.family, "#ffffff")
         tooltip = _node_tooltip(item.node)
         shape = "ellipse" if item.node.family in ("input", "output") else None
     else:
         path = item.id.split("/", 1)[1]
         if item.kind == "module":
-            lines = [path, types.get(path, ""), _count(item.count)]
+            lines = [_relative(path, frame), types.get(path, ""), _count(item.count)]
         else:
             lines = [f"{item.first} … {item.last}", _count(item.count)]
         lines = [line for line in lines if line]
-        fill, tooltip, shape = MODULE_BOX_COLOUR, " / ".join(lines), "box3d"
+        fill, shape = MODULE_BOX_COLOUR, "box3d"
+        tooltip = " / ".join([path, *lines[1:]]) + " (click to expand)" * (item.kind == "module")
     if extra.badge:
         lines[0] = f"{lines[0]}  [{extra.badge}]"
+    if extra.note:
+        lines.append(extra.note)
     attrs = {"label": "\\n".join(_escape(line) for line in lines), "fillcolor": extra.fill or fill,
              "tooltip": _escape(extra.tooltip or tooltip)}  # fmt: skip
     if extra.border:
@@ -297,13 +434,19 @@ def _count(count: int) -> str:
     return f"{count} node" if count == 1 else f"{count} nodes"
 
 
-def _node_lines(node: NodeInfo) -> list[str]:
+def _relative(path: str, frame: str) -> str:
+    """A module path as read inside the frame of module `frame` (whose title names it)."""
+    return path.removeprefix(frame + ".") if frame else path
+
+
+def _node_lines(node: NodeInfo, frame: str = "") -> list[str]:
     head = node.name if node.op_name in (node.name, "input", "output") else (
         f"{node.name} · {node.op_name}"
     )  # fmt: skip
     lines = [head]
-    if node.module and node.family not in ("input", "output"):
-        lines.append(f"{node.module_type} {node.module}".strip())
+    # Inside its own module's frame the module line would repeat the frame's title.
+    if node.module and node.family not in ("input", "output") and node.module != frame:
+        lines.append(f"{node.module_type} {_relative(node.module, frame)}".strip())
     if node.shape is not None:
         lines.append(
             format_shape(node.shape) + (f" {_short_dtype(node.dtype)}" if node.dtype else "")
