@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui.state import get_state, start_background_work, step
+from ui.boot import cold_start
 
 st.set_page_config(
     page_title="Quantization Workbench", page_icon=":material/biotech:", layout="wide"
@@ -15,9 +15,16 @@ page = st.navigation([
     st.Page("app_pages/diff.py", title="Diff", icon=":material/difference:"),
     st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
 ])  # fmt: skip
+# A session's first run on a server still importing torch: the cached graph now, then a rerun.
+cold_start(page.title)
+from ui.jobs import recipe_conflict_box, show_jobs  # noqa: E402
+from ui.state import get_state, start_background_work, step  # noqa: E402 (imports torch)
+
 # Whatever fails unexpectedly is an error box naming the page, never Streamlit's traceback.
 with step(f"The {page.title} page"):
-    get_state()
+    state = get_state()
+    show_jobs(state)  # the sidebar's running jobs, drawn before a page can st.stop()
+    recipe_conflict_box(state)
     page.run()
 # Warming torchao's pattern cache competes for the CPU: start it once the page is drawn.
 start_background_work()

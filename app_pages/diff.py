@@ -4,17 +4,16 @@ import streamlit as st
 
 from ui.diff_view import linked_graphs, overlay_graph, stage_diff, tables
 from ui.state import loaded_state, step
+from ui.training import offer_conversion
 
 state = loaded_state()
 st.title(f"Diff · {state.spec}")
-if state.current() is not None:
-    source = "the model converted on Train & convert"
-else:
-    source = "a quick preview on the default data (convert on Train & convert to see yours)"
 st.caption(f"{state.recipe.mode.upper()} with {state.recipe.backend} (set on the Recipe page); "
-           f"stages of {source}.")  # fmt: skip
-with step("Building the stages", stop=True), st.spinner("Preparing, calibrating and converting…"):
-    stages = state.stages()
+           "the stages of the model converted on Train & convert.")  # fmt: skip
+if state.current() is None:
+    offer_conversion(state)
+    st.stop()
+stages = state.stages()
 names = list(stages)
 cols = st.columns([2, 2, 3])
 before = cols[0].selectbox("Before", names, index=names.index("prepared"))

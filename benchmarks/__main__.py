@@ -302,6 +302,14 @@ def bench_breakdown(sections: dict[str, str], steps: int) -> None:
     )
 
 
+def bench_cold_start(rows: list[Row], runs: int) -> None:
+    """Health -> graph of a fresh server in Chromium (benchmarks/cold_start.py), view cache
+    warm and empty, against the old start (torch and the capture before anything is drawn)."""
+    from benchmarks.cold_start import rows as cold_start_rows
+
+    rows += [Row(*row) for row in cold_start_rows(runs)]
+
+
 def bench_stream(rows: list[Row], gib: float) -> None:
     """GiB of generated batches through calibration in a fresh process: peak RSS growth."""
     _, out = _python("-m", "benchmarks.streaming", "--gib", str(gib))
@@ -492,6 +500,13 @@ def bench_latency(rows: list[Row], batches: list[int]) -> None:
         )
 
 
+def bench_browser(rows: list[Row]) -> None:
+    """Click -> pixels in Chromium on big graphs (benchmarks/browser_graphs.py)."""
+    from benchmarks.browser_graphs import browser_rows
+
+    rows += [Row(*row) for row in browser_rows()]
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     with open("/proc/cpuinfo") as handle:
@@ -528,6 +543,8 @@ STEP_ROWS = {
     "repeat": r"repeat prepare_qat \+ convert, digits CNN",
     "repeat-hf": r"repeat prepare_qat \+ convert, HF",
     "stream": r"streaming calibration",
+    "browser": r"click → pixels",
+    "coldstart": r"cold start,",
 }
 GROUPS = {"hf": ("oneshot-hf", "repeat-hf", "breakdown")}
 STEPS = (*STEP_ROWS, "breakdown")
@@ -602,6 +619,8 @@ def main() -> None:
         "repeat": lambda rows: bench_repeat(rows, repeats),
         "repeat-hf": lambda rows: bench_hf_repeat(rows, repeats),
         "stream": lambda rows: bench_stream(rows, args.stream_gib),
+        "browser": lambda rows: bench_browser(rows),
+        "coldstart": lambda rows: bench_cold_start(rows, runs),
         "breakdown": lambda rows: bench_breakdown(sections, args.hf_steps),
     }
     chosen = args.only or tuple(steps)

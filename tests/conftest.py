@@ -146,3 +146,11 @@ def _pattern_cache() -> Iterator[None]:
     install_pattern_cache()
     yield
     uninstall_pattern_cache()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the test item (`report_call`...), so a fixture can see
+    that its test failed (the browser tests then save screenshots)."""
+    outcome = yield
+    setattr(item, f"report_{call.when}", outcome.get_result())

@@ -67,6 +67,29 @@ def _state(at: AppTest):  # type: ignore[no-untyped-def]
     return at.session_state["workbench"]
 
 
+def _key(at: AppTest, name: str) -> str:
+    """A run setting's widget key: settings are per model, so their defaults fit it."""
+    return f"{name}-{_state(at).spec}"
+
+
+def _finish(at: AppTest) -> AppTest:
+    """Wait for the session's background jobs, then rerun to draw their results."""
+    assert _state(at).jobs.wait(600), "a job did not end in 10 minutes"
+    return at.run()
+
+
+def _click(at: AppTest, key: str) -> AppTest:
+    """Click the button `key` (one that starts a job) and wait for the job's result."""
+    at.button(key=key).click().run()
+    return _finish(at)
+
+
+def _convert_from_here(at: AppTest) -> AppTest:
+    """The Diff or Export page's button: tune with the defaults if needed, then convert."""
+    assert any("No model was converted" in i.value for i in at.info)
+    return _click(at, "offer-convert")
+
+
 def test_opens_on_the_graph_of_the_default_sample(workspace: Path) -> None:
     at = _open()
     assert [t.value for t in at.title] == ["Graph · sample:digits_cnn"]
@@ -215,7 +238,7 @@ def _open_qat(page: str) -> AppTest:
 
 
 def test_diff_page_links_a_removed_batch_norm_to_its_fused_group(workspace: Path) -> None:
-    at = _open_qat("diff")
+    at = _convert_from_here(_open_qat("diff"))
     assert [s.value for s in at.selectbox[:2]] == ["prepared", "converted"]
     counts = {m.label: m.value for m in at.metric}
     assert counts == {"unchanged": "6", "renamed": "0", "rewritten": "10", "added": "41",
@@ -231,7 +254,7 @@ def test_diff_page_links_a_removed_batch_norm_to_its_fused_group(workspace: Path
 
 
 def test_diff_overlay_view(workspace: Path) -> None:
-    at = _open("diff")
+    at = _convert_from_here(_open("diff"))
     next(r for r in at.radio if r.label == "View").set_value("overlay").run()
     assert not at.exception
     (overlay,) = _components(at)
@@ -251,17 +274,18 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
 
     import torch
 
-    at = _open("export")
+    at = _convert_from_here(_open("export"))
     command = at.code[-1].value
     assert command.startswith("python -m workbench quantize --model sample:digits_cnn ")
-    next(b for b in at.button if b.label == "Build model.pt2").click().run()
+    assert [job.kind for job in _state(at).jobs.log] == ["convert"]
+    _click(at, "export")
     assert not at.exception and not at.error
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Reload check"] == "bit-equal"
     assert metrics["Batch"] == "dynamic"
     state = _state(at)
     path = state.exported_build[1].saved.path
-    assert path == workspace / "exports" / "model.pt2"
+    assert path == workspace / "exports" / state.session / state.current().uid / "model.pt2"
     x = torch.rand(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     reloaded = torch.export.load(str(path)).module()
     in_app = state.stages()["converted"].graph_module
@@ -283,9 +307,11 @@ def test_train_page_runs_qat_with_live_charts_converts_and_compares(workspace: P
     at = _open_qat("train")
     for key, value in (("qat-steps", 6), ("qat-batch", 32), ("qat-every", 3), ("qat-bn", 4),
                        ("qat-obs", 5)):  # fmt: skip
-        at.number_input(key=key).set_value(value)
+        at.number_input(key=_key(at, key) if key in ("qat-steps", "qat-batch") else key).set_value(
+            value
+        )
     at.run()
-    next(b for b in at.button if b.label == "Start").click().run()
+    _click(at, "qat-start")
     assert not at.exception and not at.error
     state = _state(at)
     run = state.qat_run
@@ -304,7 +330,7 @@ def test_train_page_runs_qat_with_live_charts_converts_and_compares(workspace: P
     assert _chart_titles(at)[2:] == [f"Observed range of {weight.name}",
                                      f"Per-channel range of {weight.name} at step 6"]  # fmt: skip
 
-    next(b for b in at.button if b.label == "Convert").click().run()
+    _click(at, "convert")
     assert not at.exception and not at.error
     converted = state.converted
     assert converted is state.current()
@@ -359,7 +385,7 @@ def test_a_stopped_qat_run_converts_and_the_export_command_reproduces_it(
     state.qat_run = run
     at.run()
     assert "Convert uses the model as it is at step 5." in [c.value for c in at.caption]
-    next(b for b in at.button if b.label == "Convert").click().run()
+    _click(at, "convert")
     assert not at.exception and not at.error
     assert state.current() is not None and state.schedule().steps == 5
     at.switch_page("app_pages/export.py").run()
@@ -367,9 +393,9 @@ def test_a_stopped_qat_run_converts_and_the_export_command_reproduces_it(
     # Freeze steps differ from 60 % / 80 % of the 5 steps run (3, 4): they are spelled out.
     assert " --steps 5 --batch-size 16 --lr 0.0003 --optimizer sgd --freeze-bn-step 2 " \
            "--freeze-observer-step 3 " in command  # fmt: skip
-    next(b for b in at.button if b.label == "Build model.pt2").click().run()
+    _click(at, "export")
     assert not at.exception and not at.error
-    saved = torch.export.load(str(workspace / "exports" / "model.pt2")).module()
+    saved = torch.export.load(str(state.exported_build[1].saved.path)).module()
     in_app = state.converted.stages["converted"].graph_module
     x = torch.rand(7, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     assert torch.equal(saved(x), in_app(x))
@@ -386,8 +412,8 @@ def test_digits_qat_from_the_page_lands_within_half_a_point_of_float(workspace: 
     """The page's defaults (120 steps of 64, Adam 1e-4): int8 within 0.5 pp of the float
     model, and the drift chart shows it."""
     at = _open_qat("train")
-    next(b for b in at.button if b.label == "Start").click().run()
-    next(b for b in at.button if b.label == "Convert").click().run()
+    _click(at, "qat-start")
+    _click(at, "convert")
     assert not at.exception and not at.error
     comparison = _state(at).converted.comparison
     assert round(comparison.float_quality, 2) == 99.44
@@ -404,8 +430,8 @@ def test_ptq_calibrate_convert_and_inspect_activations_and_weights(workspace: Pa
     from workbench.compare import activation_grid, weight_channels
 
     at = _open("train")
-    at.number_input(key="ptq-batches").set_value(4).run()
-    next(b for b in at.button if b.label == "Calibrate").click().run()
+    at.number_input(key=_key(at, "ptq-batches")).set_value(4).run()
+    _click(at, "calibrate")
     assert any("calibrate: 4 batches of 64 from digits" in c.value for c in at.caption)
     # What the observers saw, batch by batch: an activation's band, a weight's channels.
     ranges = _state(at).calibrated.tuned.ranges
@@ -416,7 +442,7 @@ def test_ptq_calibrate_convert_and_inspect_activations_and_weights(workspace: Pa
     at.selectbox(key="ptq-observer").set_value(weight).run()
     assert _chart_titles(at) == [f"Observed range of {weight}",
                                  f"Per-channel range of {weight} at batch 4"]  # fmt: skip
-    next(b for b in at.button if b.label == "Convert").click().run()
+    _click(at, "convert")
     assert not at.exception and not at.error
     state = _state(at)
     converted = state.current()
@@ -454,11 +480,11 @@ def test_sensitivity_finds_a_broken_node_and_one_click_keeps_it_float(workspace:
                           activation_scheme="symmetric")  # fmt: skip
     state.set_recipe(set_override(state.recipe, "node", "conv2d_1", broken))
     at.switch_page("app_pages/train.py").run()
-    at.number_input(key="ptq-batches").set_value(4).run()
-    next(b for b in at.button if b.label == "Calibrate").click().run()
-    next(b for b in at.button if b.label == "Convert").click().run()
+    at.number_input(key=_key(at, "ptq-batches")).set_value(4).run()
+    _click(at, "calibrate")
+    _click(at, "convert")
     at.number_input(key="sens-count").set_value(4).run()
-    next(b for b in at.button if b.label == "Run sensitivity").click().run()
+    _click(at, "sens-run")
     assert not at.exception and not at.error
     key, progress = state.sensitivity
     assert key == state.work_key()  # the recipe and the data
@@ -501,7 +527,8 @@ def test_a_checkpointed_run_resumes_in_a_new_session_to_the_uninterrupted_result
     at = _open("train")  # a new session: the autosaved QAT recipe comes back, the run does not
     state = _state(at)
     assert state.recipe.mode == "qat" and state.qat_run is None
-    next(b for b in at.button if b.label == "Resume checkpoint (step 5 of 9)").click().run()
+    assert at.button(key="qat-checkpoint").label == "Resume checkpoint (step 5 of 9)"
+    _click(at, "qat-checkpoint")
     assert not at.exception and not at.error
     run = state.qat_run
     assert run.done and [r["step"] for r in run.history] == [3, 6, 9]
@@ -524,14 +551,15 @@ def test_export_page_measures_compiled_latency(
     compiles with Inductor)."""
     import functools
 
+    import ui.exporting
     import workbench.latency
 
-    monkeypatch.setattr(workbench.latency, "measure_latency",
+    monkeypatch.setattr(ui.exporting, "measure_latency",
                         functools.partial(workbench.latency.measure_latency, backend="eager",
                                           repeats=2, warmup=0))  # fmt: skip
-    at = _open("export")
+    at = _convert_from_here(_open("export"))
     at.number_input(key="latency-batch").set_value(500).run()  # more than the 360 eval images
-    next(b for b in at.button if b.label == "Measure latency").click().run()
+    _click(at, "latency")
     assert not at.exception and not at.error
     state = _state(at)
     key, latency = state.latency
@@ -563,9 +591,9 @@ def test_the_train_page_uses_the_data_the_user_names(workspace: Path) -> None:
     assert state.data().spec == spec and state.data().train_size is None
     streamed = "? training and ? evaluation samples (streamed; the function's own batches)"
     assert any(c.value.startswith(streamed) for c in at.caption)
-    at.number_input(key="ptq-batches").set_value(2).run()
-    next(b for b in at.button if b.label == "Calibrate").click().run()
-    next(b for b in at.button if b.label == "Convert").click().run()
+    at.number_input(key=_key(at, "ptq-batches")).set_value(2).run()
+    _click(at, "calibrate")
+    _click(at, "convert")
     assert not at.exception and not at.error
     converted = state.current()
     assert converted.schedule.data_spec == spec
@@ -606,8 +634,8 @@ def test_an_unexpected_convert_failure_is_an_error_box_and_loses_nothing(
     state = _state(at)
     state.set_recipe(set_override(state.recipe, "node", "linear", QuantSetting(keep_float=True)))
     recipe = state.recipe
-    at.number_input(key="ptq-batches").set_value(2).run()
-    next(b for b in at.button if b.label == "Calibrate").click().run()
+    at.number_input(key=_key(at, "ptq-batches")).set_value(2).run()
+    _click(at, "calibrate")
     calibrated = state.calibrated
     assert calibrated is not None
 
@@ -615,20 +643,20 @@ def test_an_unexpected_convert_failure_is_an_error_box_and_loses_nothing(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(ui.training, "convert", broken)
-    next(b for b in at.button if b.label == "Convert").click().run()
+    _click(at, "convert")
     assert not at.exception
     (error,) = at.error
     assert error.value.startswith("**Convert failed unexpectedly:** `RuntimeError: boom`")
     assert "The recipe and any trained weights are kept. This is a bug" in error.value
     trace = _details(at)
     assert trace.startswith("Traceback (most recent call last):")
-    assert "in convert_section" in trace and trace.endswith("RuntimeError: boom")
+    assert "in work" in trace and trace.endswith("RuntimeError: boom")
     assert state.recipe == recipe and state.recipe.overrides[0].pattern == "linear"
     assert state.workspace.load_recipe(state.spec) == recipe
     assert state.calibrated is calibrated and state.converted is None
 
     monkeypatch.undo()
-    next(b for b in at.button if b.label == "Convert").click().run()
+    _click(at, "convert")
     assert not at.exception and not at.error
     assert state.current() is not None and state.current().stages["calibrated"] is calibrated.tuned
 
@@ -640,7 +668,9 @@ def test_a_training_step_that_fails_keeps_the_run_and_resume_finishes_it(
 
     at = _open_qat("train")
     for key, value in (("qat-steps", 6), ("qat-batch", 16), ("qat-every", 3)):
-        at.number_input(key=key).set_value(value)
+        at.number_input(key=_key(at, key) if key in ("qat-steps", "qat-batch") else key).set_value(
+            value
+        )
     at.run()
     real = QatRun.step
 
@@ -650,17 +680,17 @@ def test_a_training_step_that_fails_keeps_the_run_and_resume_finishes_it(
         return real(run)
 
     monkeypatch.setattr(QatRun, "step", flaky)
-    next(b for b in at.button if b.label == "Start").click().run()
+    _click(at, "qat-start")
     assert not at.exception
     (error,) = at.error
-    assert error.value.startswith("**Training failed unexpectedly:** `RuntimeError: boom at step")
+    assert error.value.startswith("**Train 6 QAT steps failed unexpectedly:** `RuntimeError: boom")
     state = _state(at)
     run = state.qat_run
     assert run.step_count == 4 and not run.done and [r["step"] for r in run.history] == [3]
     assert state.recipe.mode == "qat" and state.workspace.load_recipe(state.spec) == state.recipe
 
     monkeypatch.undo()
-    next(b for b in at.button if b.label == "Resume").click().run()
+    _click(at, "qat-resume")
     assert not at.exception and not at.error
     assert state.qat_run is run and run.done and [r["step"] for r in run.history] == [3, 6]
 
@@ -778,3 +808,65 @@ def test_a_step_lets_st_stop_and_st_rerun_through() -> None:
     assert not at.exception and not at.error
     assert at.session_state["runs"] == 2  # st.rerun ran the script again
     assert [m.value for m in at.markdown] == ["before stop"]  # st.stop stopped it
+
+
+def test_diff_and_export_compute_nothing_on_open_and_offer_the_conversion(
+    workspace: Path,
+) -> None:
+    """Opening Diff or Export starts no job; the button does (with its estimate), and its
+    result is the converted model both pages then show."""
+    at = _open("diff")
+    state = _state(at)
+    assert state.jobs.log == [] and state.converted is None
+    button = at.button(key="offer-convert")
+    assert button.label.startswith("16 calibration batches of 64 from digits, then convert (about")
+    at.switch_page("app_pages/export.py").run()
+    assert state.jobs.log == [] and not [b for b in at.button if b.label.startswith("Build")]
+    _click(at, "offer-convert")
+    assert [(j.kind, j.status) for j in state.jobs.log] == [("convert", "done")]
+    assert state.current() is not None and state.calibrated is not None
+    assert at.button(key="export").label.startswith("Build model.pt2 (about ")
+    at.switch_page("app_pages/diff.py").run()
+    assert not at.exception and len(_components(at)) == 2
+    assert len(state.jobs.log) == 1  # the Diff page drew the converted stages, ran nothing
+
+
+def test_a_second_calibration_asks_before_it_stops_the_running_one(workspace: Path) -> None:
+    at = _open("train")
+    state = _state(at)
+    at.number_input(key=_key(at, "ptq-batches")).set_value(5000).run()
+    at.button(key="calibrate").click().run()
+    (first,) = state.jobs.running("calibrate")
+    at.button(key="calibrate").click().run()  # again, while it runs
+    assert any(w.value.startswith("A calibration is running") for w in at.warning)
+    assert state.jobs.running("calibrate") == [first]  # nothing stopped yet
+    at.button(key="confirm-calibrate-no").click().run()
+    assert state.jobs.running("calibrate") == [first]
+    at.number_input(key=_key(at, "ptq-batches")).set_value(2).run()
+    at.button(key="calibrate").click().run()
+    at.button(key="confirm-calibrate-yes").click().run()
+    _finish(at)
+    assert first.status == "stopped" and state.jobs.log[-1].status == "done"
+    assert state.calibrated.schedule.steps == 2
+    assert not any(i.value.startswith("Calibration stopped") for i in at.info)  # the last won
+
+
+def test_a_recipe_changed_in_another_tab_is_reported_not_overwritten(workspace: Path) -> None:
+    from workbench.annotate import set_override
+    from workbench.recipe import QuantSetting
+
+    mine, theirs = _open("recipe"), _open("recipe")
+    theirs_state = _state(theirs)
+    theirs_state.set_recipe(set_override(theirs_state.recipe, "node", "linear",
+                                         QuantSetting(keep_float=True)))  # fmt: skip
+    mine.run()
+    assert any("Another tab (or the CLI) changed the autosaved recipe" in w.value
+               for w in mine.warning)  # fmt: skip
+    state = _state(mine)
+    state.set_recipe(Recipe(backend="xnnpack"))  # an edit here does not overwrite theirs
+    assert state.workspace.load_recipe(state.spec) == theirs_state.recipe
+    mine.run()
+    mine.button(key="conflict-theirs").click().run()
+    assert state.recipe == theirs_state.recipe and state.recipe_conflict is None
+    mine.run()
+    assert not any("Another tab" in w.value for w in mine.warning)

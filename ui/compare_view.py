@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import streamlit as st
 
-from ui.state import AppState, Converted, step
+from ui.jobs import live, outcome, rerun_when_ended, start_button
+from ui.state import AppState, Converted
 from workbench.annotate import set_override
 from workbench.charts import (
     activation_grid_figure,
@@ -25,6 +27,7 @@ from workbench.compare import (
     weight_nodes,
     worst_first,
 )
+from workbench.jobs import Job
 from workbench.numeric import NodeError
 from workbench.sensitivity import iter_sensitivity, suggest_overrides
 
@@ -141,20 +144,47 @@ def sensitivity_section(state: AppState, converted: Converted) -> None:
     count = int(cols[0].number_input("Measure the nodes adding most error", 1, max(1, len(ranked)),
                                       min(16, max(1, len(ranked))), key="sens-count",
                                       help="Ordered by own SQNR (see the SQNR tab)."))  # fmt: skip
-    if cols[1].button("Run sensitivity", type="primary", disabled=not ranked):
-        st.session_state[ADDED_KEY] = None
-        _run_sensitivity(state, ranked[:count])
+    costs = state.estimates.costs if state.estimates is not None else None
+    schedule = state.default_schedule()
+    predicted = 0.0
+    if costs is not None:
+        eval_samples = state.data().eval_size or 256
+        predicted = costs.sensitivity(count + 1, 4, schedule.batch_size, eval_samples)
+    with cols[1]:
+        start_button(state, "sensitivity", "Run sensitivity",
+                     lambda: start_sensitivity(state, ranked[:count], predicted),
+                     estimate=state.estimate("sensitivity", predicted), key="sens-run",
+                     disabled=not ranked)  # fmt: skip
+    running = state.jobs.running("sensitivity")
+    outcome(state.jobs.last("sensitivity"))
     if st.session_state.get(ADDED_KEY):
         st.success(f"Added keep-float rules for {st.session_state[ADDED_KEY]} to the recipe. "
                    "Calibrate or train and convert again to see the effect.")  # fmt: skip
+
+    ended = rerun_when_ended(state, ("sensitivity",))
+
+    @st.fragment(run_every=live(state, ("sensitivity",)))
+    def ranking() -> None:
+        ended()
+        _ranking(state, key, bool(state.jobs.running("sensitivity")))
+
+    ranking()
+    if not running:
+        _add_rules(state, key)
+
+
+def _ranking(state: AppState, key: str, running: bool) -> None:
+    """The chart and table of what the search measured so far."""
     found = state.sensitivity
     if found is None or found[0] != key:
         return
     progress = found[1]
     results = list(progress.results)
     metric = state.data().quality
-    if progress.done < progress.total:
+    if progress.done < progress.total and not running:
         st.caption(f"Stopped after {progress.done - 1} of {progress.total - 1} nodes.")
+    elif running:
+        st.caption(f"{progress.done} of {progress.total} PTQ runs so far.")
     if not results:
         return
     st.plotly_chart(sensitivity_figure(results, progress.baseline, metric), key="sens-chart")
@@ -173,6 +203,16 @@ def sensitivity_section(state: AppState, converted: Converted) -> None:
         hide_index=True,
         width="stretch",
     )
+
+
+def _add_rules(state: AppState, key: str) -> None:
+    """Offer keep-float rules for the nodes whose float version helped most."""
+    found = state.sensitivity
+    if found is None or found[0] != key:
+        return
+    results = list(found[1].results)
+    if not results:
+        return
     helpful = [r for r in results if r.delta > 0]
     if not helpful:
         st.info("Keeping no single node float improves quality: nothing to add.")
@@ -189,15 +229,25 @@ def sensitivity_section(state: AppState, converted: Converted) -> None:
         st.rerun()
 
 
-def _run_sensitivity(state: AppState, nodes: list[str]) -> None:
-    """Measure `nodes` with a progress bar; a click on Stop (any rerun) keeps what was measured."""
+def start_sensitivity(state: AppState, nodes: list[str], predicted: float) -> Job[None]:
+    """Measure `nodes` as a job; each PTQ run's ranking lands in `state.sensitivity`, so a
+    Stop (or a failure) keeps what was measured."""
     assert state.captured is not None
-    key = state.work_key()
-    st.button("Stop sensitivity", key="sens-stop", help="Keeps the nodes measured so far.")
-    bar = st.progress(0.0, text="Baseline: every node quantized…")
-    with step("Sensitivity"):  # the nodes measured before a failure are kept
-        for progress in iter_sensitivity(state.captured, state.recipe, state.data(), nodes=nodes):
+    captured, recipe, data, key = state.captured, state.recipe, state.data(), state.work_key()
+    state.sensitivity = None
+    st.session_state[ADDED_KEY] = None
+    began = time.monotonic()
+
+    def work(job: Job[None]) -> None:
+        job.progress(0.0, "baseline: every node quantized…")
+        for progress in iter_sensitivity(captured, recipe, data, nodes=nodes):
             state.sensitivity = (key, progress)
             what = "baseline" if progress.node is None else progress.node
-            text = f"{progress.done}/{progress.total} runs · measured {what}"
-            bar.progress(progress.done / progress.total, text=text)
+            job.progress(progress.done / progress.total,
+                         f"{progress.done}/{progress.total} runs · measured {what}")  # fmt: skip
+
+    return state.jobs.start(
+        "sensitivity", f"Sensitivity of {len(nodes)} nodes", work,
+        estimate=state.estimate("sensitivity", predicted),
+        on_done=lambda _: state.learn("sensitivity", predicted, time.monotonic() - began),
+    )  # fmt: skip

@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from ui.jobs import live, outcome, start_button
+from ui.jobs import live, outcome, rerun_when_ended, start_button
 from ui.state import AppState
 from workbench.flow import BuildResult, export_stages
 from workbench.jobs import Job
@@ -54,8 +54,11 @@ def latency_section(state: AppState) -> None:
                      estimate=state.estimate("latency", predicted), key="latency",
                      primary=False)  # fmt: skip
 
+    ended = rerun_when_ended(state, ("latency",))
+
     @st.fragment(run_every=live(state, ("latency",)))
     def log() -> None:
+        ended()
         job = state.jobs.last("latency")
         if job is not None and job.running:
             st.progress(job.fraction, text=f"{job.text} · {job.elapsed:.0f} s")

@@ -26,7 +26,8 @@ NAMES = {
 
 
 def show_jobs(state: AppState) -> None:
-    """The sidebar panel: running jobs with progress, elapsed time and Stop; the job log."""
+    """The sidebar: the model and recipe in use; running jobs with progress, elapsed time
+    and Stop; the session's job log."""
     watched = {id(job) for job in state.jobs.running()}
 
     @st.fragment(run_every=POLL_SECONDS if watched else None)
@@ -49,6 +50,10 @@ def show_jobs(state: AppState) -> None:
                                        enumerate(job_lines(state.jobs.log), 1)))  # fmt: skip
 
     with st.sidebar:
+        if state.spec is not None:
+            rules = len(state.recipe.overrides)
+            st.caption(f"{state.spec} · recipe: {state.recipe.mode.upper()} with "
+                       f"{state.recipe.backend}, {rules} rule{'s' * (rules != 1)}")  # fmt: skip
         panel()
 
 
@@ -98,10 +103,11 @@ def start_button(
     primary: bool = True,
     disabled: bool = False,
     help: str | None = None,
-) -> bool:
-    """A button that starts a job, with its estimated time beside it; True when it started.
+) -> None:
+    """A button that starts a job, with its estimated time beside it.
 
-    While a job of the same kind runs, a click asks first whether to stop that one.
+    While a job of the same kind runs, a click asks first whether to stop that one. Once a
+    job has started the whole page reruns, so the sidebar and the page follow it.
     """
     text = f"{label} ({about(estimate)})" if estimate else label
     confirm = f"confirm-{key}"
@@ -121,20 +127,31 @@ def start_button(
             if cols[0].button("Stop it and start", key=f"{confirm}-yes", type="primary"):
                 st.session_state[confirm] = False
                 start()
-                return True
+                st.rerun()
             if cols[1].button("Keep it running", key=f"{confirm}-no"):
                 st.session_state[confirm] = False
                 st.rerun()
-            return False
+            return
     if clicked:
         start()
-        return True
-    return False
+        st.rerun()
 
 
-def live(state: AppState, kinds: tuple[str, ...]) -> float | None:
+def rerun_when_ended(state: AppState, kinds: tuple[str, ...]) -> Callable[[], None]:
+    """For a page's polling fragment: a check that reruns the whole page once a job of these
+    kinds that runs now has ended (the sidebar does too; whichever polls first)."""
+    watched = [job for kind in kinds for job in state.jobs.running(kind)]
+
+    def check() -> None:
+        if any(not job.running for job in watched):
+            st.rerun()
+
+    return check
+
+
+def live(state: AppState, kinds: tuple[str, ...], every: float = POLL_SECONDS) -> float | None:
     """The `run_every` for a page's live view: poll while a job of these kinds runs."""
-    return POLL_SECONDS if any(state.jobs.running(k) for k in kinds) else None
+    return every if any(state.jobs.running(k) for k in kinds) else None
 
 
 def recipe_conflict_box(state: AppState) -> None:

@@ -6,11 +6,10 @@ Caching lives here, in the UI layer, never in `workbench`. Cached objects are im
 
 from __future__ import annotations
 
-import argparse
 import atexit
+import contextlib
 import logging
 import re
-import sys
 import threading
 import traceback
 import uuid
@@ -21,25 +20,23 @@ from types import TracebackType
 import streamlit as st
 from streamlit.errors import FragmentHandledException
 
-from sample_models import DEFAULT_SAMPLE
+from ui.boot import startup_spec as boot_startup_spec
+from ui.boot import take_pending_click
 from workbench.capture import CapturedModel, DimRequest, ModelSpec
 from workbench.capture import capture as _capture
 from workbench.compare import Comparison
 from workbench.data import Dataset, default_data_spec, load_data
 from workbench.errors import WorkbenchError, first_line
+from workbench.estimate import Costs, Defaults, Estimates, choose_defaults
 from workbench.flow import BuildResult
 from workbench.graph import GraphView, describe
+from workbench.jobs import Jobs
 from workbench.latency import Latency
 from workbench.pattern_cache import install_pattern_cache, warm_pattern_cache
 from workbench.pipeline import (
     QatConfig,
     Stage,
-    calibrate,
-    convert,
     evaluate,
-    exported_stage,
-    prepare,
-    train_qat,
 )
 from workbench.quantizer import quantizable_nodes
 from workbench.recipe import Effective, Recipe, validate
@@ -49,6 +46,7 @@ from workbench.sensitivity import SensitivityProgress
 from workbench.workspace import Workspace
 
 STATE_KEY = "workbench"
+DEFAULT_QAT_STEPS = 120
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +58,11 @@ class Schedule:
     batch_size: int
     data_spec: str
     qat: QatConfig | None = None  # the QAT settings; None for PTQ
+    eval_samples: int | None = None  # evaluation on the first N samples; None: all
+
+    def describe(self, mode: str) -> str:
+        what = "steps" if mode == "qat" else "calibration batches"
+        return f"{self.steps} {what} of {self.batch_size} from {self.data_spec}"
 
 
 @dataclass(frozen=True)
@@ -95,19 +98,26 @@ class AppState:
     notice: str | None = None
     selected: str | None = None
     diff_selected: tuple[str, str] | None = None  # (side, node) clicked on the Diff page
+    expanded: frozenset[str] = frozenset()  # module groups opened on the Graph page
+    diff_expanded: frozenset[str] = frozenset()  # module groups opened on the Diff page
     exported_build: tuple[str, BuildResult] | None = None  # (stages_key, what Export built)
     qat_run: QatRun | None = None  # the Train & convert page's run
     calibrated: Tuned | None = None  # the Train & convert page's PTQ calibration
     converted: Converted | None = None  # what that page converted last
     sensitivity: tuple[str, SensitivityProgress] | None = None  # (recipe JSON, search state)
     latency: tuple[str, Latency] | None = None  # (stages_key, the Export page's measurement)
+    jobs: Jobs = field(default_factory=Jobs)  # the session's background work
+    session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # names its builds
+    estimates: Estimates | None = None  # from a forward pass timed when the model loaded
+    eval_samples: int | None = None  # evaluation on the first N samples; None: all
+    recipe_seen: str | None = None  # the autosaved recipe's text as this session last saw it
+    recipe_conflict: str | None = None  # another tab's recipe, when it changed under us
     _effective: tuple[str, dict[str, Effective]] | None = None
     data_spec: str | None = None  # None: the model's default data
     _float_quality: float | None = None
     _data: Dataset | None = None
     _data_task: tuple[str | None, ...] = ()
-    _rendered: dict[int | None, Rendered] = field(default_factory=dict)
-    _stages: tuple[str, dict[str, Stage]] | None = None
+    _rendered: dict[tuple[int | None, frozenset[str]], Rendered] = field(default_factory=dict)
     _views: dict[tuple[str, str], GraphView] = field(default_factory=dict)
 
     def effective(self) -> dict[str, Effective]:
@@ -119,16 +129,22 @@ class AppState:
             self._effective = (key, nodes)
         return self._effective[1]
 
-    def rendered(self, depth: int | None) -> Rendered:
-        """DOT for the screen at a collapse depth, computed once per loaded model and depth."""
+    def rendered(self, depth: int | None, expanded: frozenset[str] = frozenset()) -> Rendered:
+        """DOT for the screen at a collapse depth with some groups expanded, computed once per
+        loaded model, depth and expansion (the last 32 kept)."""
         assert self.view is not None
-        if depth not in self._rendered:
-            self._rendered[depth] = render_for_screen(self.view, collapse_depth=depth)
-        return self._rendered[depth]
+        key = (depth, expanded)
+        if key not in self._rendered:
+            if len(self._rendered) >= 32:
+                self._rendered.pop(next(iter(self._rendered)))
+            self._rendered[key] = render_for_screen(
+                self.view, collapse_depth=depth, expanded=expanded
+            )
+        return self._rendered[key]
 
     def work_key(self) -> str:
         """The recipe and the data: what calibration, training and their results depend on."""
-        return f"{self.recipe.to_json()}|{self.data().spec}"
+        return f"{self.recipe.to_json()}|{self.data().identity}"
 
     def current(self) -> Converted | None:
         """The Train & convert page's model when it was made with the current recipe and data."""
@@ -137,9 +153,19 @@ class AppState:
             converted is not None
             and converted.recipe_json == self.recipe.to_json()
             and converted.schedule.data_spec == self.data().spec
+            and converted.schedule.eval_samples == self.eval_samples
         ):
             return converted
         return None
+
+    def stale(self) -> str | None:
+        """Why the converted model is not the current one (None when it is, or there is none)."""
+        converted = self.converted
+        if converted is None or self.current() is not None:
+            return None
+        if converted.recipe_json != self.recipe.to_json():
+            return "the recipe changed since it was converted"
+        return "the data or the evaluation size changed since it was converted"
 
     def data(self) -> Dataset:
         """The data chosen on the Train & convert page, else the default for the model
@@ -147,14 +173,14 @@ class AppState:
         loss, metric); loaded once per data and task."""
         assert self.captured is not None
         task = self.recipe.task
-        key = (self.recipe.output, self.recipe.loss, self.recipe.metric)
+        key = (self.recipe.output, self.recipe.loss, self.recipe.metric, self.eval_samples)
         if self._data is None:
             spec = self.data_spec or default_data_spec(self.captured.example_inputs)
-            self._data = load_data(spec, self.captured.signature, task=task())
-            self._data_task = key
+            loaded = load_data(spec, self.captured.signature, task=task())
+            self._data, self._data_task = loaded.limited(self.eval_samples), key
         elif self._data_task != key:
-            self._data, self._data_task = self._data.with_task(task()), key
-            self._float_quality = None
+            self._data = self._data.with_task(task()).limited(self.eval_samples)
+            self._data_task, self._float_quality = key, None
         return self._data
 
     def set_data(self, spec: str) -> None:
@@ -162,12 +188,24 @@ class AppState:
         keep the current data."""
         assert self.captured is not None and self.spec is not None
         data = load_data(spec, self.captured.signature, task=self.recipe.task())
-        self.data_spec, self._data, self._float_quality = spec, data, None
-        self._data_task = (self.recipe.output, self.recipe.loss, self.recipe.metric)
+        self.data_spec, self._float_quality = spec, None
+        self._data = data.limited(self.eval_samples)
+        self._data_task = (self.recipe.output, self.recipe.loss, self.recipe.metric,
+                           self.eval_samples)  # fmt: skip
         self.workspace.save_data_spec(self.spec, spec)
 
+    def set_eval_samples(self, samples: int | None) -> None:
+        """Evaluate on the first `samples` evaluation samples from now on (None: all)."""
+        self.eval_samples = samples
+        self.data()
+
+    def known_float_quality(self) -> float | None:
+        """Quality of the float model on the data if a job measured it already."""
+        return self._float_quality
+
     def float_quality(self) -> float:
-        """Quality of the float (exported) model on the data, computed once per data."""
+        """Quality of the float (exported) model on the data, computed once per data (call
+        it from a job: it evaluates the whole evaluation split)."""
         assert self.captured is not None
         if self._float_quality is None:
             teacher = self.captured.graph_module()
@@ -175,62 +213,99 @@ class AppState:
         return self._float_quality
 
     def stages_key(self) -> str:
-        """Identifies what `stages` returns: the model, recipe, data and which stages."""
+        """Identifies the current converted model's stages ('' when there is none)."""
         current = self.current()
-        return f"{self.spec}|{self.work_key()}|{current.uid if current else 'preview'}"
+        return f"{self.spec}|{self.work_key()}|{current.uid}" if current is not None else ""
 
     def stages(self) -> dict[str, Stage]:
-        """Exported, prepared, calibrated (PTQ) or trained (QAT) and converted.
-
-        The Train & convert page's stages when it converted a model with the current recipe;
-        otherwise a quick preview of the flow (see `schedule`) on the data, recomputed when
-        the recipe or the data changes.
-        """
-        assert self.captured is not None
-        if self.current() is not None:
-            return self.current().stages  # type: ignore[union-attr]
-        key = self.work_key()
-        if self._stages is None or self._stages[0] != key:
-            captured, recipe = self.captured, self.recipe
-            data = self.data()
-            exported = exported_stage(captured)
-            prepared = prepare(captured, recipe)
-            schedule = self.schedule()
-            if schedule.qat is not None:
-                tuned = train_qat(prepared, data, schedule.qat, teacher=exported.graph_module)
-            else:
-                tuned = calibrate(
-                    prepared, data, batches=schedule.steps, batch_size=schedule.batch_size
-                )
-            stages = {s.name: s for s in (exported, prepared, tuned, convert(tuned))}
-            self._stages = (key, stages)
-            self._views = {}
-        return self._stages[1]
-
-    def schedule(self) -> Schedule:
-        """How `stages` tunes the model: the Train & convert page's settings when it
-        converted with the current recipe, else the preview's (PTQ 8 batches of 64, QAT 20
-        steps of 32)."""
+        """Exported, prepared, calibrated (PTQ) or trained (QAT) and converted: the stages
+        of the model converted on Train & convert with the current recipe and data. Pages
+        that need them check `current()` first; nothing is computed here."""
         current = self.current()
-        if current is not None:
-            return current.schedule
+        if current is None:
+            raise WorkbenchError(
+                "No model was converted with the current recipe and data.",
+                "Convert on the Train & convert page (or with the button on this page).",
+            )
+        return current.stages
+
+    def default_schedule(self) -> Schedule:
+        """How a conversion started from the Diff or Export page tunes the model: the
+        defaults chosen for this model (see `run_defaults`)."""
+        defaults = self.run_defaults()
         spec = self.data().spec
         if self.recipe.mode == "qat":
-            return Schedule(20, 32, spec, QatConfig(steps=20, batch_size=32))
-        return Schedule(8, 64, spec)
+            steps = DEFAULT_QAT_STEPS
+            config = QatConfig(steps=steps, batch_size=defaults.batch_size)
+            return Schedule(steps, defaults.batch_size, spec, config, self.eval_samples)
+        return Schedule(defaults.calibration_batches, defaults.batch_size, spec,
+                        eval_samples=self.eval_samples)  # fmt: skip
+
+    def schedule(self) -> Schedule:
+        """How the current converted model was made, else how the button would make it."""
+        current = self.current()
+        return current.schedule if current is not None else self.default_schedule()
+
+    def run_defaults(self) -> Defaults:
+        """Batch size, calibration batches and evaluation size that fit the model here."""
+        data = self.data()
+        if self.estimates is None:
+            return Defaults(64, 16, None)
+        full = data.eval_size if self.eval_samples is None else None
+        return choose_defaults(self.estimates.costs, train_size=data.train_size, eval_size=full)
+
+    def estimate(self, kind: str, predicted: float) -> float | None:
+        """Seconds a job of `kind` is expected to take, `predicted` corrected by experience."""
+        return None if self.estimates is None else self.estimates.seconds(kind, predicted)
 
     def stage_view(self, name: str) -> GraphView:
-        """The graph view of one preview stage."""
+        """The graph view of one stage of the current converted model."""
         key = (self.stages_key(), name)
         if key not in self._views:
             self._views[key] = describe(self.stages()[name].graph_module, stage=name)
         return self._views[key]
 
     def set_recipe(self, recipe: Recipe) -> None:
-        """Adopt an edited recipe and autosave it to the workspace."""
+        """Adopt an edited recipe and autosave it to the workspace, unless another tab
+        changed the autosaved recipe since this session read it: then `recipe_conflict`
+        holds theirs and nothing is overwritten until the user chooses."""
         self.recipe = recipe
-        if self.spec is not None:
-            self.workspace.save_recipe(self.spec, recipe)
+        if self.spec is None:
+            return
+        theirs = self.workspace.save_recipe_unless_changed(self.spec, recipe, self.recipe_seen)
+        if theirs is None:
+            self.recipe_seen, self.recipe_conflict = recipe.to_json(), None
+        else:
+            self.recipe_conflict = theirs
+
+    def check_recipe_conflict(self) -> str | None:
+        """Another tab's autosaved recipe for this model if it changed since this session
+        last read or wrote it (None otherwise)."""
+        if self.spec is None:
+            return None
+        now = self.workspace.recipe_text(self.spec)
+        if now is not None and now != self.recipe_seen and now != self.recipe.to_json():
+            self.recipe_conflict = now
+        elif self.recipe_conflict is not None and now == self.recipe.to_json():
+            self.recipe_conflict = None
+        return self.recipe_conflict
+
+    def resolve_recipe_conflict(self, *, keep_mine: bool) -> None:
+        """Take the other tab's recipe, or overwrite it with this session's."""
+        theirs, self.recipe_conflict = self.recipe_conflict, None
+        if theirs is None or self.spec is None:
+            return
+        if keep_mine:
+            self.recipe_seen = theirs
+            self.set_recipe(self.recipe)
+        else:
+            self.recipe = Recipe.from_json(theirs, source="the autosaved recipe")
+            self.recipe_seen = theirs
+
+    def learn(self, kind: str, predicted: float, job_seconds: float) -> None:
+        """Correct later estimates of `kind` by how long this one took."""
+        if self.estimates is not None:
+            self.estimates.learn(kind, predicted, job_seconds)
 
 
 @st.cache_resource(show_spinner=False)
@@ -307,7 +382,8 @@ def get_state() -> AppState:
         workspace = Workspace.default()
         state = AppState(workspace)
         st.session_state[STATE_KEY] = state
-        load_model(state, startup_spec(workspace))
+        if load_model(state, startup_spec(workspace)) and state.view is not None:
+            state.selected = take_pending_click(state.view)  # a click on the cold start's graph
     return st.session_state[STATE_KEY]
 
 
@@ -322,10 +398,7 @@ def loaded_state() -> AppState:
 
 def startup_spec(workspace: Workspace) -> str:
     """`--model` from the command line, else the workspace's last model, else the default."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--model", default=None)
-    known, _ = parser.parse_known_args(sys.argv[1:])
-    return str(known.model or workspace.last_spec() or f"sample:{DEFAULT_SAMPLE}")
+    return boot_startup_spec(workspace.folder)  # the cold start reads it before torch loads
 
 
 def load_model(
@@ -346,12 +419,16 @@ def load_model(
         return False
     state.spec, state.captured, state.view, state.error = spec, captured, view, None
     state.selected, state._effective, state._rendered = None, None, {}
-    state.diff_selected, state._stages, state._views = None, None, {}
+    state.diff_selected, state._views = None, {}
     state.exported_build = state.qat_run = state.calibrated = None
     state.converted = state.sensitivity = state._float_quality = state._data = None
     state.data_spec = None
     state.latency = None
+    state.expanded = state.diff_expanded = frozenset()
     state.recipe, state.notice = Recipe(), None
+    state.eval_samples, state.estimates = None, None
+    state.recipe_seen = state.workspace.recipe_text(spec)
+    state.recipe_conflict = None
     saved = state.workspace.load_recipe(spec)
     if saved is not None:
         try:
@@ -369,6 +446,11 @@ def load_model(
             lost = f"The data last used, {data_spec}, does not load any more ({exc.problem})."
             state.notice = f"{state.notice} {lost}" if state.notice else lost
     state.workspace.remember(spec)
+    costs = Costs.measure(captured.graph_module(), captured.example_inputs, nodes=len(view),
+                          dynamic_batch=captured.dynamic_batch)  # fmt: skip
+    state.estimates = Estimates(costs)
+    with contextlib.suppress(WorkbenchError):  # data that does not load says so on its page
+        state.set_eval_samples(state.run_defaults().eval_samples)
     return True
 
 

@@ -1,4 +1,9 @@
-"""The Train & Convert page's parts: run settings and buttons, live charts, conversion."""
+"""The Train & Convert page's parts: run settings, jobs that calibrate, train and convert,
+and live charts.
+
+Calibration, training and conversion run as the session's background jobs (ui.jobs): the
+page starts them and draws what they have done so far; a change of page does not stop them.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,14 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from ui.jobs import live, outcome, rerun_when_ended, start_button
 from ui.state import AppState, Converted, Schedule, Tuned, step
+from workbench.capture import CapturedModel
 from workbench.charts import (
     accuracy_drift_figure,
     channel_ranges_figure,
@@ -19,6 +27,8 @@ from workbench.charts import (
     observer_range_figure,
 )
 from workbench.compare import compare
+from workbench.data import Dataset
+from workbench.jobs import Job
 from workbench.pipeline import (
     QatConfig,
     calibrate,
@@ -28,11 +38,14 @@ from workbench.pipeline import (
     trained_float,
 )
 from workbench.qat import FakeQuantInfo
-from workbench.recipe import check_output
+from workbench.recipe import Recipe, check_output
 from workbench.runner import CHECKPOINT_NAME, QatRun
 
-REDRAW_SECONDS = 0.5  # while training, the live charts are redrawn this often
-PROGRESS_SECONDS = 0.1  # the progress bar is updated at most this often
+# While a job trains, the live charts are redrawn this often. Drawing four plotly charts
+# holds the GIL for tens of milliseconds, and the training thread, which gives the GIL up
+# around every torch op, then waits for it at each op. Measured on the digits CNN (a run of
+# 3,000 steps): 28 steps/s with no charts on screen, 17 redrawing every 2 s, 5 every 1 s.
+CHART_SECONDS = 2.0
 
 
 def data_picker(state: AppState) -> None:
@@ -56,6 +69,29 @@ def data_picker(state: AppState) -> None:
         st.rerun()
     data = state.data()
     st.caption(f"{data.describe()}; quality is {data.quality}.")
+    eval_picker(state)
+
+
+def eval_picker(state: AppState) -> None:
+    """How many evaluation samples every measurement uses (the default fits the model)."""
+    cols = st.columns([1, 3])
+    chosen = cols[0].number_input(
+        "Evaluation samples", 1, 10_000_000, state.eval_samples, key=f"eval-{state.spec}",
+        placeholder="all", help="Quality is measured on the first N samples of the evaluation "
+        "split; empty: all of them.",
+    )  # fmt: skip
+    samples = None if chosen is None else int(chosen)
+    if samples != state.eval_samples:
+        with step("Evaluation samples") as setting:
+            state.set_eval_samples(samples)
+        if not setting.failed:
+            st.rerun()
+    if state.estimates is not None:
+        defaults = state.run_defaults()
+        cols[1].caption(f"Defaults fit this model: {defaults.describe(state.estimates.costs)}, "
+                        f"so calibration defaults to {defaults.calibration_batches} batches of "
+                        f"{defaults.batch_size} and evaluation to "
+                        f"{defaults.eval_samples or 'all'} samples.")  # fmt: skip
 
 
 def task_picker(state: AppState) -> None:
@@ -104,15 +140,19 @@ def _function_input(
 
 
 def qat_section(state: AppState) -> Callable[[], Tuned] | None:
-    """Settings, Start/Resume/Reset and live charts; trains in this script run.
+    """Settings, Start/Resume/Reset and live charts; training runs as a job.
 
-    Once the run has steps (complete or stopped), returns what makes the prepared and trained
-    stages and how they were made; the copy is made only when called (on Convert).
+    Once the run has steps (complete or stopped) and no job trains it, returns what makes
+    the prepared and trained stages and how they were made; the copy is made only when
+    called (by the convert job).
     """
     assert state.captured is not None
+    defaults = state.run_defaults()
+    key = state.spec
     cols = st.columns(4)
-    steps = int(cols[0].number_input("Steps", 1, 100_000, 120, key="qat-steps"))
-    batch = int(cols[1].number_input("Batch size", 1, 4096, 64, key="qat-batch"))
+    steps = int(cols[0].number_input("Steps", 1, 100_000, 120, key=f"qat-steps-{key}"))
+    batch = int(cols[1].number_input("Batch size", 1, 4096, defaults.batch_size,
+                                     key=f"qat-batch-{key}"))  # fmt: skip
     lr = float(cols[2].number_input("Learning rate", 1e-7, 1.0, 1e-4, format="%.0e", key="qat-lr"))
     optimizer = cols[3].selectbox("Optimizer", ["adam", "sgd"], key="qat-optimizer")
     cols = st.columns(4)
@@ -128,53 +168,54 @@ def qat_section(state: AppState) -> Callable[[], Tuned] | None:
     else:
         cols[3].caption(f"{steps} steps of {batch} ≈ {steps * batch / max(1, train_size):.2f} "
                         f"epochs of the {train_size:,} training samples.")  # fmt: skip
-    buttons = st.columns([1, 3, 1, 3])
-    if buttons[0].button("Start", type="primary"):
-        config = QatConfig(steps=steps, batch_size=batch, lr=lr, optimizer=optimizer,
-                           freeze_bn_step=None if bn is None else int(bn),
-                           freeze_observer_step=None if obs is None else int(obs))  # fmt: skip
-        with step("Start") as starting:
-            state.qat_run = _new_run(state, config, every)
-        if starting.failed:
-            return None
-        state.converted = None
+    config = QatConfig(steps=steps, batch_size=batch, lr=lr, optimizer=optimizer,
+                       freeze_bn_step=None if bn is None else int(bn),
+                       freeze_observer_step=None if obs is None else int(obs))  # fmt: skip
+    costs = state.estimates.costs if state.estimates is not None else None
+    buttons = st.columns([1, 2, 1, 2])
+    with buttons[0]:
+        predicted = costs.prepare() + costs.train(steps, batch) if costs is not None else 0.0
+        start_button(state, "train", "Start", lambda: start_training(state, config, every),
+                     estimate=state.estimate("train", predicted), key="qat-start")  # fmt: skip
+    training = state.jobs.running("train")
     run = state.qat_run
-    resume = run is not None and not run.done and buttons[1].button("Resume")
-    if run is None:
-        run = _checkpointed_run(state, buttons[1])
-        resume = run is not None
-    if buttons[2].button("Reset", disabled=run is None):
+    if run is not None and not run.done and not training:
+        left = run.config.steps - run.step_count
+        predicted = costs.train(left, run.config.batch_size) if costs is not None else 0.0
+        with buttons[1]:
+            start_button(state, "train", "Resume", lambda: start_training(state, run=run),
+                         estimate=state.estimate("train", predicted), key="qat-resume",
+                         primary=False)  # fmt: skip
+    elif run is None and not training:
+        with buttons[1]:
+            _checkpoint_button(state)
+    if buttons[2].button("Reset", disabled=run is None and not training):
+        for job in training:
+            job.stop()
+            job.wait()
         state.qat_run = state.converted = None
         st.rerun()
+    outcome(state.jobs.last("train"))
+    run = state.qat_run
+    if run is None and training:
+        _live_progress(state, "train", until=lambda: state.qat_run is not None)
+        return None
     if run is None:
         st.caption("Start trains a copy of the QAT-prepared model; Stop keeps its state, "
                    "Resume continues from there.")  # fmt: skip
         return None
-    train_now = not run.done and (resume or run.step_count == 0)
-    if train_now:
-        stop = st.empty()
-        stop.button("Stop training", help="Stops within one step; Resume continues from there.")
-        bar = st.progress(run.step_count / run.config.steps, text="Training…")
-    charts = LiveCharts(run, state.converted, state.float_quality())
-    charts.draw(run, training=train_now)
-    if train_now:
-        drawn = shown = time.monotonic()
-        with step("Training") as training:
-            while not run.done:
-                record = run.step()
-                now = time.monotonic()
-                if run.done or now - shown > PROGRESS_SECONDS:
-                    bar.progress(run.step_count / run.config.steps,
-                                 text=f"step {run.step_count}/{run.config.steps}, "
-                                      f"loss {record['loss']:.4f}")  # fmt: skip
-                    shown = now
-                if run.done or now - drawn > REDRAW_SECONDS:
-                    charts.draw(run, training=not run.done)
-                    drawn = time.monotonic()
-        if training.failed:
-            charts.draw(run)  # the run keeps the steps it made; Resume continues from there
-        stop.empty()
-    if run.step_count == 0:
+    charts = LiveCharts(run, state.converted)
+
+    ended = rerun_when_ended(state, ("train",))
+
+    @st.fragment(run_every=live(state, ("train",), CHART_SECONDS))
+    def drawn() -> None:
+        ended()
+        charts.draw(run, training=bool(state.jobs.running("train")),
+                    float_model=state.known_float_quality())  # fmt: skip
+
+    drawn()
+    if training or run.step_count == 0:
         return None
     if run.source.recipe is not None and run.source.recipe.to_json() != state.recipe.to_json():
         st.warning("The recipe changed since this run started: Start again to train with it.")
@@ -185,10 +226,74 @@ def qat_section(state: AppState) -> Callable[[], Tuned] | None:
         return None
     if not run.done:
         st.caption(f"Convert uses the model as it is at step {run.step_count}.")
-    return lambda: Tuned(run.source, run.stage(), trained_schedule(run))
+    eval_samples = state.eval_samples
+    return lambda: Tuned(run.source, run.stage(), trained_schedule(run, eval_samples))
 
 
-def trained_schedule(run: QatRun) -> Schedule:
+def start_training(
+    state: AppState,
+    config: QatConfig | None = None,
+    eval_every: int = 0,
+    *,
+    run: QatRun | None = None,
+    checkpoint: Path | None = None,
+) -> Job[QatRun]:
+    """Train as a job: a new run with `config`, `run` resumed, or a run from `checkpoint`.
+
+    The job measures the float model's quality first (the drift chart's line), then steps
+    until the run is done or the user stops it; the run keeps every step it made.
+    """
+    captured, recipe, data = state.captured, state.recipe, state.data()
+    assert captured is not None
+    if run is None and checkpoint is None:
+        state.qat_run = state.converted = None
+    costs = state.estimates.costs if state.estimates is not None else None
+    total = (config or (run.config if run else None) or QatConfig()).steps
+
+    def work(job: Job[QatRun]) -> QatRun:
+        nonlocal run
+        if run is None:
+            job.progress(0.0, "prepare_qat_pt2e…")
+            teacher = exported_stage(captured).graph_module
+            prepared = prepare(captured, recipe)
+            if checkpoint is not None:
+                found = QatRun.peek(checkpoint)
+                assert found is not None
+                run = QatRun.resume(checkpoint, prepared, data,
+                                    QatRun.config_of(found["settings"]), teacher=teacher,
+                                    eval_every=int(found["meta"]["eval_every"]),
+                                    checkpoint_dir=checkpoint.parent)  # fmt: skip
+            else:
+                assert config is not None
+                run = QatRun(prepared, data, config, teacher=teacher, eval_every=eval_every,
+                             checkpoint_dir=_checkpoint_folder(state),
+                             meta=_run_meta(state, eval_every))  # fmt: skip
+            state.qat_run, state.converted = run, None
+        job.progress(run.step_count / run.config.steps, "measuring the float model…")
+        state.float_quality()
+        while not run.done:
+            record = run.step()
+            job.progress(
+                run.step_count / run.config.steps,
+                f"step {run.step_count}/{run.config.steps}, loss {record['loss']:.4f}",
+            )
+        return run
+
+    predicted = 0.0
+    if costs is not None:
+        steps = total - (run.step_count if run is not None else 0)
+        predicted = costs.train(steps, (config or QatConfig()).batch_size)
+    label = (f"Resume training at step {run.step_count}" if run is not None
+             else "Resume the checkpoint" if checkpoint is not None
+             else f"Train {total} QAT steps")  # fmt: skip
+    began = time.monotonic()
+    return state.jobs.start(
+        "train", label, work, estimate=state.estimate("train", predicted),
+        on_done=lambda _: state.learn("train", predicted, time.monotonic() - began),
+    )  # fmt: skip
+
+
+def trained_schedule(run: QatRun, eval_samples: int | None = None) -> Schedule:
     """The schedule that trains exactly the steps `run` has run, even if it was stopped.
 
     The learning rate is constant and the batches are a pure function of the seed, so the
@@ -198,7 +303,7 @@ def trained_schedule(run: QatRun) -> Schedule:
         run.config, steps=run.step_count, freeze_bn_step=run.config.bn_freeze_at,
         freeze_observer_step=run.config.observer_freeze_at, eval_every=0,
     )  # fmt: skip
-    return Schedule(run.step_count, config.batch_size, run.data.spec, config)
+    return Schedule(run.step_count, config.batch_size, run.data.spec, config, eval_samples)
 
 
 def _checkpoint_folder(state: AppState) -> Path:
@@ -211,40 +316,22 @@ def _run_meta(state: AppState, eval_every: int) -> dict[str, str | int | float]:
             "data": state.data().spec, "eval_every": eval_every}  # fmt: skip
 
 
-def _new_run(state: AppState, config: QatConfig, eval_every: int) -> QatRun:
-    captured = state.captured
-    assert captured is not None
-    return QatRun(prepare(captured, state.recipe), state.data(), config,
-                  teacher=exported_stage(captured).graph_module, eval_every=eval_every,
-                  checkpoint_dir=_checkpoint_folder(state),
-                  meta=_run_meta(state, eval_every))  # fmt: skip
-
-
-def _checkpointed_run(state: AppState, place: DeltaGenerator) -> QatRun | None:
+def _checkpoint_button(state: AppState) -> None:
     """Offer to resume the workspace's checkpoint of this model and recipe (a run of an
-    earlier session or server); the resumed run when the button is clicked."""
+    earlier session or server) as a training job."""
     folder = _checkpoint_folder(state)
     found = QatRun.peek(folder / CHECKPOINT_NAME)
     if found is None or not found["meta"] or not found["step"]:
-        return None
+        return
     meta, settings = found["meta"], found["settings"]
     if meta != _run_meta(state, int(meta.get("eval_every", 0))):
-        return None  # another recipe or data: Start trains afresh
+        return  # another recipe or data: Start trains afresh
     done, steps = int(found["step"]), int(settings["steps"])
     label = (f"Resume checkpoint (step {done} of {steps})" if done < steps
              else f"Load checkpoint ({steps} steps, done)")  # fmt: skip
-    if not place.button(label, help=f"Saved in {folder}"):
-        return None
-    captured = state.captured
-    assert captured is not None
-    with step("Resume checkpoint"):
-        run = QatRun.resume(folder / CHECKPOINT_NAME, prepare(captured, state.recipe),
-                            state.data(), QatRun.config_of(settings),
-                            teacher=exported_stage(captured).graph_module,
-                            eval_every=int(meta["eval_every"]), checkpoint_dir=folder)  # fmt: skip
-        state.qat_run, state.converted = run, None
-        return run
-    return None
+    start_button(state, "train", label,
+                 lambda: start_training(state, checkpoint=folder / CHECKPOINT_NAME),
+                 key="qat-checkpoint", primary=False, help=f"Saved in {folder}")  # fmt: skip
 
 
 def pick_quantizer(quantizers: list[FakeQuantInfo], label: str, key: str) -> FakeQuantInfo:
@@ -259,73 +346,66 @@ def pick_quantizer(quantizers: list[FakeQuantInfo], label: str, key: str) -> Fak
 
 
 class LiveCharts:
-    """Loss, quality drift, a chosen fake quantizer's range and channels; redrawn in place."""
+    """Loss, quality drift, a chosen fake quantizer's range and channels.
 
-    def __init__(self, run: QatRun, converted: Converted | None, float_model: float) -> None:
+    The quantizer is chosen once per page run; `draw` (inside a polling fragment while a
+    job trains) draws the charts for the run as it is now.
+    """
+
+    def __init__(self, run: QatRun, converted: Converted | None) -> None:
         # A converted QAT model comes from this run: Start and Reset drop the converted model.
         qat = converted if converted is not None and converted.schedule.qat is not None else None
         self.int8 = qat.comparison.int8_quality if qat is not None else None
         self.int8_step = qat.schedule.steps if qat is not None else None
-        self.float_model = float_model
-        self.draws = 0
-        self.caption = st.empty()
-        left, right = st.columns(2)
-        self.loss, self.drift = left.empty(), right.empty()
         self.chosen: str | None = None
+        self.per_channel = False
         quantizers = run.recorder.quantizers if run.recorder is not None else []
         if quantizers:
             picked = pick_quantizer(quantizers, "Fake quantizer", "qat-quantizer")
             self.chosen, self.per_channel = picked.name, picked.channels > 1
-        left, right = st.columns(2)
-        self.range, self.channels = left.empty(), right.empty()
 
-    def draw(self, run: QatRun, *, training: bool = False) -> None:
-        """Draw every chart for the run as it is now (keys change so each draw replaces)."""
-        self.draws += 1
-        n = self.draws
+    def draw(self, run: QatRun, *, training: bool = False, float_model: float | None) -> None:
         state = "" if run.done else " (training…)" if training else " (stopped)"
-        self.caption.caption(f"{run.step_count} of {run.config.steps} steps, "
-                             f"{run.seconds:.1f} s{state}")  # fmt: skip
-        self.loss.plotly_chart(loss_figure(run.train_history()), key=f"qat-loss-{n}")
+        st.caption(f"{run.step_count} of {run.config.steps} steps, {run.seconds:.1f} s{state}")
+        left, right = st.columns(2)
+        left.plotly_chart(loss_figure(run.train_history()), key="qat-loss")
         drift = accuracy_drift_figure(run.history, self.int8, int8_step=self.int8_step,
-                                      float_model=self.float_model)  # fmt: skip
-        self.drift.plotly_chart(drift, key=f"qat-drift-{n}")
+                                      float_model=float_model)  # fmt: skip
+        right.plotly_chart(drift, key="qat-drift")
         recorder = run.recorder
         if self.chosen is None or recorder is None or recorder.count == 0:
             return
-        self.range.plotly_chart(observer_range_figure(recorder, self.chosen),
-                                key=f"qat-range-{n}")  # fmt: skip
+        left, right = st.columns(2)
+        left.plotly_chart(observer_range_figure(recorder, self.chosen), key="qat-range")
         if self.per_channel:
-            self.channels.plotly_chart(channel_ranges_figure(recorder, self.chosen),
-                                       key=f"qat-channels-{n}")  # fmt: skip
+            right.plotly_chart(channel_ranges_figure(recorder, self.chosen), key="qat-channels")
 
 
 # --- PTQ -------------------------------------------------------------------------------------
 
 
 def ptq_section(state: AppState) -> Callable[[], Tuned] | None:
-    """Calibration settings and button; returns the prepared and calibrated stages."""
+    """Calibration settings and the Calibrate job; returns the prepared and calibrated stages."""
     assert state.captured is not None
+    defaults = state.run_defaults()
     cols = st.columns([1, 1, 4])
-    batches = int(cols[0].number_input("Calibration batches", 1, 10_000, 16, key="ptq-batches"))
-    batch = int(cols[1].number_input("Batch size", 1, 4096, 64, key="ptq-batch"))
-    if st.button("Calibrate", type="primary"):
-        bar = st.progress(0.0, text="Calibrating…")
-        with step("Calibrate") as calibrating:
-            prepared = prepare(state.captured, state.recipe)
-            data = state.data()
-            calibrated = calibrate(
-                prepared, data, batches=batches, batch_size=batch, record_ranges=True,
-                progress=lambda done, total, _: bar.progress(
-                    done / total, text=f"batch {done}/{total}"),
-            )  # fmt: skip
-            tuned = Tuned(prepared, calibrated, Schedule(batches, batch, data.spec))
-            state.calibrated, state.converted = tuned, None
-        if calibrating.failed:
-            return None
+    batches = int(cols[0].number_input("Calibration batches", 1, 10_000,
+                                       defaults.calibration_batches,
+                                       key=f"ptq-batches-{state.spec}"))  # fmt: skip
+    batch = int(cols[1].number_input("Batch size", 1, 4096, defaults.batch_size,
+                                     key=f"ptq-batch-{state.spec}"))  # fmt: skip
+    costs = state.estimates.costs if state.estimates is not None else None
+    predicted = costs.calibrate(batches, batch) if costs is not None else 0.0
+    start_button(state, "calibrate", "Calibrate", lambda: start_calibration(state, batches, batch),
+                 estimate=state.estimate("calibrate", predicted), key="calibrate")  # fmt: skip
+    calibrating = state.jobs.running("calibrate")
+    if calibrating:
+        _live_progress(state, "calibrate")
+    outcome(state.jobs.last("calibrate"))
     if state.calibrated is None:
-        st.caption("Calibrate runs batches of the default data through the prepared model so "
-                   "its observers record activation ranges.")  # fmt: skip
+        if not calibrating:
+            st.caption("Calibrate runs batches of the data through the prepared model so its "
+                       "observers record activation ranges.")  # fmt: skip
         return None
     stage = state.calibrated.tuned
     if stage.recipe is not None and stage.recipe.to_json() != state.recipe.to_json():
@@ -345,33 +425,205 @@ def ptq_section(state: AppState) -> Callable[[], Tuned] | None:
         if picked.channels > 1:
             right.plotly_chart(channel_ranges_figure(ranges, picked.name, step_title="batch"),
                                key="ptq-channels")  # fmt: skip
-    calibrated = state.calibrated
+    calibrated = dataclasses.replace(
+        state.calibrated,
+        schedule=dataclasses.replace(state.calibrated.schedule, eval_samples=state.eval_samples),
+    )
     return lambda: calibrated
+
+
+def start_calibration(state: AppState, batches: int, batch_size: int) -> Job[Tuned]:
+    """Prepare and calibrate as a job; the result becomes `state.calibrated`."""
+    captured, recipe, data = state.captured, state.recipe, state.data()
+    assert captured is not None
+    eval_samples = state.eval_samples
+
+    def work(job: Job[Tuned]) -> Tuned:
+        return _calibrated(job, captured, recipe, data, batches, batch_size, eval_samples)
+
+    def done(tuned: Tuned) -> None:
+        state.calibrated, state.converted = tuned, None
+        state.learn("calibrate", predicted, time.monotonic() - began)
+
+    costs = state.estimates.costs if state.estimates is not None else None
+    predicted = costs.calibrate(batches, batch_size) if costs is not None else 0.0
+    began = time.monotonic()
+    label = f"Calibrate {batches} batches of {batch_size}"
+    estimate = state.estimate("calibrate", predicted)
+    return state.jobs.start("calibrate", label, work, on_done=done, estimate=estimate)
+
+
+def _calibrated(
+    job: Job[Any],
+    captured: CapturedModel,
+    recipe: Recipe,
+    data: Dataset,
+    batches: int,
+    batch_size: int,
+    eval_samples: int | None,
+) -> Tuned:
+    """prepare_pt2e, then calibration with the job's progress (a Stop ends it there)."""
+    job.progress(0.0, "prepare_pt2e…")
+    prepared = prepare(captured, recipe)
+    job.progress(0.0, f"batch 0/{batches}")
+    calibrated = calibrate(
+        prepared, data, batches=batches, batch_size=batch_size, record_ranges=True,
+        progress=lambda done, total, _: job.progress(done / total, f"batch {done}/{total}"),
+    )  # fmt: skip
+    schedule = Schedule(batches, batch_size, data.spec, eval_samples=eval_samples)
+    return Tuned(prepared, calibrated, schedule)
+
+
+def _live_progress(state: AppState, kind: str, *, until: Callable[[], bool] | None = None) -> None:
+    """The running job's progress bar on the page too, redrawn while it runs; the whole
+    page reruns as soon as `until()` holds (e.g. once a new QAT run exists to chart)."""
+
+    ended = rerun_when_ended(state, (kind,))
+
+    @st.fragment(run_every=live(state, (kind,)))
+    def bar() -> None:
+        ended()
+        if until is not None and until():
+            st.rerun()
+        job = state.jobs.last(kind)
+        if job is not None and job.running:
+            st.progress(job.fraction, text=f"{job.label}: {job.text} · {job.elapsed:.0f} s")
+
+    bar()
 
 
 # --- convert ---------------------------------------------------------------------------------
 
 
 def convert_section(state: AppState, tuned: Callable[[], Tuned]) -> None:
-    """Convert the tuned stage and measure it against float; the result goes to the state."""
+    """The Convert job: convert the tuned stage and measure it against float."""
     current = state.current()
     label = "Convert again" if current is not None else "Convert"
-    if not st.button(label, type="primary" if current is None else "secondary", key="convert"):
-        return
-    assert state.captured is not None
-    bar = st.progress(0.0, text="Converting (convert_pt2e)…")
-    with step("Convert") as converting:
-        source = tuned()
-        exported = exported_stage(state.captured)
-        converted = convert(source.tuned)
-        bar.progress(0.5, text="Measuring int8 against float…")
-        trained = source.tuned if source.tuned.name == "trained" else None
-        reference = trained_float(exported, trained) if trained is not None else None
-        comparison = compare(exported.graph_module, converted.graph_module, state.data(),
+    busy = bool(state.jobs.running("calibrate") or state.jobs.running("train"))
+    start_button(state, "convert", label, lambda: start_conversion(state, tuned),
+                 estimate=conversion_estimate(state), key="convert", primary=current is None,
+                 disabled=busy)  # fmt: skip
+    if state.jobs.running("convert"):
+        _live_progress(state, "convert")
+    outcome(state.jobs.last("convert"))
+
+
+def conversion_estimate(state: AppState, *, tune: bool = False) -> float | None:
+    """Expected seconds of a conversion (and of the tuning before it, with `tune`)."""
+    if state.estimates is None:
+        return None
+    costs = state.estimates.costs
+    samples = state.data().eval_size or 256
+    seconds = state.estimate("convert", costs.convert(samples)) or 0.0
+    if tune:
+        schedule = state.default_schedule()
+        if schedule.qat is not None:
+            train = costs.train(schedule.steps, schedule.batch_size)
+            seconds += state.estimate("train", train) or 0.0
+        else:
+            calibration = costs.calibrate(schedule.steps, schedule.batch_size)
+            seconds += state.estimate("calibrate", calibration) or 0.0
+    return seconds
+
+
+def tuned_now(state: AppState) -> Callable[[], Tuned] | None:
+    """What Convert on Train & convert would convert now (None: nothing tuned that fits)."""
+    recipe, spec = state.recipe.to_json(), state.data().spec
+    run = state.qat_run
+    if state.recipe.mode == "qat":
+        fits = (run is not None and run.step_count > 0 and not state.jobs.running("train")
+                and run.source.recipe is not None and run.source.recipe.to_json() == recipe
+                and run.data.spec == spec)  # fmt: skip
+        if not fits:
+            return None
+        assert run is not None
+        eval_samples = state.eval_samples
+        return lambda: Tuned(run.source, run.stage(), trained_schedule(run, eval_samples))
+    calibrated = state.calibrated
+    if (calibrated is None or calibrated.tuned.recipe is None
+            or calibrated.tuned.recipe.to_json() != recipe
+            or calibrated.schedule.data_spec != spec):  # fmt: skip
+        return None
+    schedule = dataclasses.replace(calibrated.schedule, eval_samples=state.eval_samples)
+    fitted = dataclasses.replace(calibrated, schedule=schedule)
+    return lambda: fitted
+
+
+def start_conversion(state: AppState, tuned: Callable[[], Tuned] | None = None) -> Job[Converted]:
+    """Convert as a job and measure int8 against float; the result becomes `state.converted`.
+
+    Without `tuned` (the Diff and Export pages' button), what Train & convert tuned is
+    converted, or, when nothing fits, the model is first calibrated (PTQ) or trained (QAT)
+    with the defaults chosen for it (`AppState.default_schedule`).
+    """
+    captured, recipe, data = state.captured, state.recipe, state.data()
+    assert captured is not None
+    recipe_json = recipe.to_json()
+    source = tuned or tuned_now(state)
+    schedule = state.default_schedule()
+    teacher_stage = exported_stage(captured)
+
+    def work(job: Job[Converted]) -> Converted:
+        if source is not None:
+            job.progress(0.0, "copying the tuned model…")
+            made = source()
+        elif schedule.qat is not None:
+            job.progress(0.0, "prepare_qat_pt2e…")
+            prepared = prepare(captured, recipe)
+            run = QatRun(prepared, data, schedule.qat, teacher=teacher_stage.graph_module)
+            while not run.done:
+                record = run.step()
+                job.progress(0.5 * run.step_count / run.config.steps,
+                             f"training step {run.step_count}/{run.config.steps}, "
+                             f"loss {record['loss']:.4f}")  # fmt: skip
+            made = Tuned(prepared, run.stage(), trained_schedule(run, schedule.eval_samples))
+        else:
+            made = _calibrated(job, captured, recipe, data, schedule.steps, schedule.batch_size,
+                               schedule.eval_samples)  # fmt: skip
+        job.progress(0.5 if source is None else 0.1, "convert_pt2e…")
+        converted = convert(made.tuned)
+        job.progress(0.7, "measuring int8 against float…")
+        trained = made.tuned if made.tuned.name == "trained" else None
+        reference = trained_float(teacher_stage, trained) if trained is not None else None
+        comparison = compare(teacher_stage.graph_module, converted.graph_module, data,
                              reference_gm=reference)  # fmt: skip
-    if converting.failed:
-        return
-    stages = {"exported": exported, "prepared": source.prepared,
-              source.tuned.name: source.tuned, "converted": converted}  # fmt: skip
-    state.converted = Converted(state.recipe.to_json(), stages, source.schedule, comparison)
-    st.rerun()
+        stages = {"exported": teacher_stage, "prepared": made.prepared,
+                  made.tuned.name: made.tuned, "converted": converted}  # fmt: skip
+        if source is None and made.tuned.name == "calibrated":
+            state.calibrated = made
+        return Converted(recipe_json, stages, made.schedule, comparison)
+
+    def done(converted: Converted) -> None:
+        state.converted = converted
+        if source is not None:  # a conversion alone: it teaches the convert estimate
+            state.learn("convert", predicted, time.monotonic() - began)
+
+    costs = state.estimates.costs if state.estimates is not None else None
+    predicted = costs.convert(data.eval_size or 256) if costs is not None else 0.0
+    began = time.monotonic()
+    label = "Convert" if source is not None else f"{schedule.describe(recipe.mode)}, then convert"
+    return state.jobs.start("convert", label, work, on_done=done,
+                            estimate=conversion_estimate(state, tune=source is None))  # fmt: skip
+
+
+def offer_conversion(state: AppState) -> None:
+    """For the Diff and Export pages: why there is no current converted model, and a button
+    that starts the conversion job (after tuning with the defaults when nothing fits)."""
+    reason = state.stale()
+    if reason is not None:
+        st.warning(f"The model converted on Train & convert is out of date: {reason}.")
+    else:
+        st.info("No model was converted with the current recipe and data yet.")
+    source = tuned_now(state)
+    if source is not None:
+        label = "Convert what Train & convert tuned"
+    else:
+        label = f"{state.default_schedule().describe(state.recipe.mode).capitalize()}, then convert"
+    start_button(state, "convert", label, lambda: start_conversion(state),
+                 estimate=conversion_estimate(state, tune=source is None), key="offer-convert",
+                 disabled=bool(state.jobs.running("calibrate") or state.jobs.running("train")),
+                 help="Runs in the background: this page, and any other, can be left meanwhile. "
+                      "Train & convert has every setting.")  # fmt: skip
+    if state.jobs.running("convert"):
+        _live_progress(state, "convert")
+    outcome(state.jobs.last("convert"))

@@ -24,7 +24,7 @@ EVALUATION_SECONDS = 8.0  # default evaluation size: float + int8 passes about t
 BATCH_SECONDS = 1.5  # no default batch takes longer than this in calibration
 DEFAULT_BATCH = 64
 DEFAULT_BATCHES = 16
-MIN_EVAL_SAMPLES = 32
+MIN_EVAL_SAMPLES = 16  # fewer says little; a slow model then takes long, and says so
 
 # Seconds per graph node (prepare, observer call, convert...) and factors on the float forward.
 _PREPARE = (0.3, 0.004)  # fixed, per node
