@@ -271,12 +271,7 @@ def start_training(
             state.qat_run, state.converted = run, None
         job.progress(run.step_count / run.config.steps, "measuring the float model…")
         state.float_quality()
-        while not run.done:
-            record = run.step()
-            job.progress(
-                run.step_count / run.config.steps,
-                f"step {run.step_count}/{run.config.steps}, loss {record['loss']:.4f}",
-            )
+        _train(job, run)
         return run
 
     predicted = 0.0
@@ -291,6 +286,15 @@ def start_training(
         "train", label, work, estimate=state.estimate("train", predicted),
         on_done=lambda _: state.learn("train", predicted, time.monotonic() - began),
     )  # fmt: skip
+
+
+def _train(job: Job[Any], run: QatRun, *, share: float = 1.0) -> None:
+    """Step `run` to its end, reporting each step as `share` of the job (a Stop ends it)."""
+    while not run.done:
+        record = run.step()
+        job.progress(share * run.step_count / run.config.steps,
+                     f"training step {run.step_count}/{run.config.steps}, "
+                     f"loss {record['loss']:.4f}")  # fmt: skip
 
 
 def trained_schedule(run: QatRun, eval_samples: int | None = None) -> Schedule:
@@ -571,11 +575,7 @@ def start_conversion(state: AppState, tuned: Callable[[], Tuned] | None = None) 
             job.progress(0.0, "prepare_qat_pt2e…")
             prepared = prepare(captured, recipe)
             run = QatRun(prepared, data, schedule.qat, teacher=teacher_stage.graph_module)
-            while not run.done:
-                record = run.step()
-                job.progress(0.5 * run.step_count / run.config.steps,
-                             f"training step {run.step_count}/{run.config.steps}, "
-                             f"loss {record['loss']:.4f}")  # fmt: skip
+            _train(job, run, share=0.5)
             made = Tuned(prepared, run.stage(), trained_schedule(run, schedule.eval_samples))
         else:
             made = _calibrated(job, captured, recipe, data, schedule.steps, schedule.batch_size,
