@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,27 @@ def test_the_cli_evaluates_on_the_first_samples_it_is_told(tmp_path: Path) -> No
     assert code == 0
     quality = json.loads((tmp_path / "r.json").read_text())["quality"]
     assert quality["eval_samples"] == 100 and quality["data"] == "digits"
+
+
+def test_the_export_lock_serves_a_waiting_thread_before_the_releasing_one() -> None:
+    """A thread that releases the lock and asks again at once (the pattern-cache warm-up,
+    export after export) goes behind the threads already waiting, in the order they asked."""
+    from workbench.locks import FairRLock
+
+    lock = FairRLock()
+    got: list[str] = []
+
+    def later(name: str) -> None:
+        with lock:
+            got.append(name)
+
+    with lock, lock:  # reentrant
+        waiting = [threading.Thread(target=later, args=(n,)) for n in ("first", "second")]
+        for thread in waiting:
+            thread.start()
+            time.sleep(0.2)  # it is queued before the next one asks
+    with lock:
+        got.append("again")
+    for thread in waiting:
+        thread.join(10)
+    assert got == ["first", "second", "again"]

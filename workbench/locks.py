@@ -17,6 +17,55 @@ page shows rebuilds the app's model exactly.
 
 from __future__ import annotations
 
+import collections
 import threading
+from types import TracebackType
 
-EXPORT_LOCK = threading.RLock()
+
+class FairRLock:
+    """A reentrant lock granted in the order it was asked for.
+
+    threading.RLock is not fair: a thread that releases it and asks again at once (the
+    pattern-cache warm-up exports ~100 patterns back to back) almost always wins over a
+    thread already waiting, and a calibration job on a fresh server sat at one batch for
+    100 s. Here a waiting thread is served before the releasing thread can take it again.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._queue: collections.deque[int] = collections.deque()
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        with self._condition:
+            if self._owner == me:
+                self._depth += 1
+                return
+            self._queue.append(me)
+            while self._owner is not None or self._queue[0] != me:
+                self._condition.wait()
+            self._queue.popleft()
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        with self._condition:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("release of a FairRLock this thread does not hold")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._condition.notify_all()
+
+    def __enter__(self) -> FairRLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+EXPORT_LOCK = FairRLock()
