@@ -154,3 +154,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     that its test failed (the browser tests then save screenshots)."""
     outcome = yield
     setattr(item, f"report_{call.when}", outcome.get_result())
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh workspace folder for the app (WORKBENCH_WORKSPACE), put back afterwards."""
+    folder = tmp_path / "workspace"
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(folder))
+    return folder

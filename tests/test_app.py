@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,18 +16,6 @@ from workbench.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "workspace"
-    old = os.environ.get("WORKBENCH_WORKSPACE")
-    os.environ["WORKBENCH_WORKSPACE"] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop("WORKBENCH_WORKSPACE")
-    else:
-        os.environ["WORKBENCH_WORKSPACE"] = old
 
 
 def _open(page: str | None = None) -> AppTest:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,18 +27,6 @@ def _entry(spec: str = "sample:digits_cnn", **changes: object) -> CachedView:
     fields = {"spec": spec, "nodes": 45, "boxes": 19, "collapse_depth": None,
               "auto_collapsed": False, "svg": SVG, **changes}  # fmt: skip
     return CachedView(**fields)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "workspace"
-    old = os.environ.get("WORKBENCH_WORKSPACE")
-    os.environ["WORKBENCH_WORKSPACE"] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop("WORKBENCH_WORKSPACE")
-    else:
-        os.environ["WORKBENCH_WORKSPACE"] = old
 
 
 # --- the key ---

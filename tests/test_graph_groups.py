@@ -4,28 +4,13 @@ it opens as module groups, a click expands one, search opens the groups of its m
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 SPEC = f"{ROOT / 'benchmarks' / 'models.py'}:deep_stack_600"
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "workspace"
-    old = os.environ.get("WORKBENCH_WORKSPACE")
-    os.environ["WORKBENCH_WORKSPACE"] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop("WORKBENCH_WORKSPACE")
-    else:
-        os.environ["WORKBENCH_WORKSPACE"] = old
 
 
 def _graph(at: AppTest) -> dict:
