@@ -10,7 +10,7 @@ SUDO_HINT = run as root, or install them yourself:
 
 # The view cache warmed first (a no-op when it holds the model): the graph then draws at once.
 run: setup graphviz
-	$(PY) -m workbench.viewcache warm --model "$(MODEL)"
+	$(PY) -m workbench.drawing.viewcache warm --model "$(MODEL)"
 	$(PY) -m streamlit run app.py --server.address=127.0.0.1 --server.port=$(PORT) \
 		--server.headless=true --browser.gatherUsageStats=false -- --model "$(MODEL)"
 

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
+from ui.conversion import offer_conversion
 from ui.diff_view import linked_graphs, overlay_graph, stage_diff, tables
 from ui.state import loaded_state, step
-from ui.training import offer_conversion
 
 state = loaded_state()
 st.title(f"Diff · {state.spec}")

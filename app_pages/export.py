@@ -4,11 +4,11 @@ import json
 
 import streamlit as st
 
+from ui.conversion import offer_conversion
 from ui.exporting import latency_section, start_export
 from ui.jobs import outcome, start_button
 from ui.state import loaded_state
-from ui.training import offer_conversion
-from workbench.flow import reproduce_command
+from workbench.stages.build import reproduce_command
 
 state = loaded_state()
 captured = state.captured

@@ -5,10 +5,10 @@ import streamlit as st
 import ui.graph_view as gv
 from ui.editor import node_editor
 from ui.state import loaded_state
-from workbench.annotate import ANNOTATION_COLOURS, annotation_colours
-from workbench.compare import own_sqnr, sqnr_by_node, sqnr_legend
-from workbench.graph import search
-from workbench.render import box_of, reveal, single_node_modules
+from workbench.analysis.compare import own_sqnr, sqnr_by_node
+from workbench.drawing.dot import box_of, reveal, single_node_modules
+from workbench.drawing.overlays import ANNOTATION_COLOURS, annotation_colours, sqnr_legend
+from workbench.graph.view import search
 
 state = loaded_state()
 view = state.view

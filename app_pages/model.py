@@ -5,7 +5,7 @@ import streamlit as st
 
 import sample_models
 from ui.state import get_state, load_model, parse_dynamic, show_error, step
-from workbench.graph import module_table
+from workbench.graph.view import module_table
 
 state = get_state()
 st.title("Model")

@@ -60,15 +60,15 @@ def bench_repeat(
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    from workbench.capture import capture
-    from workbench.pattern_cache import (
+    from workbench.model.capture import capture
+    from workbench.quantization.pattern_cache import (
         install_pattern_cache,
         uninstall_pattern_cache,
         warm_pattern_cache,
     )
-    from workbench.pipeline import convert, prepare
-    from workbench.quantizer import base_quantizer
-    from workbench.recipe import Recipe
+    from workbench.quantization.quantizer import base_quantizer
+    from workbench.quantization.recipe import Recipe
+    from workbench.stages.steps import convert, prepare
 
     captured = capture(spec)
     x = captured.example_inputs
@@ -333,11 +333,11 @@ def bench_recording(rows: list[Row], rounds: int) -> None:
     """A QAT step with every fake quantizer's ranges recorded vs the same step without."""
     from torchao.quantization.pt2e import move_exported_model_to_train
 
-    from workbench.capture import capture
-    from workbench.data import load_data
-    from workbench.pipeline import prepare
-    from workbench.qat import RangeRecorder
-    from workbench.recipe import Recipe
+    from workbench.data.datasets import load_data
+    from workbench.model.capture import capture
+    from workbench.quantization.recipe import Recipe
+    from workbench.stages.ranges import RangeRecorder
+    from workbench.stages.steps import prepare
 
     captured = capture("sample:digits_cnn")
     data = load_data("digits", captured.signature)
@@ -391,10 +391,10 @@ def _deep_model(blocks: int, layers: int) -> nn.Module:
 
 def bench_graphs(rows: list[Row], sizes: list[int]) -> None:
     """Capture + view + DOT + layout of synthetic deep models, and what the app draws."""
-    from workbench.capture import export_model
-    from workbench.graph import describe
-    from workbench.render import dot_to_svg, render_for_screen, to_dot
-    from workbench.signature import ModelInputs
+    from workbench.drawing.dot import dot_to_svg, render_for_screen, to_dot
+    from workbench.graph.view import describe
+    from workbench.model.capture import export_model
+    from workbench.model.signature import ModelInputs
 
     for target in sizes:
         blocks = max(1, round((target / 4) ** 0.5 / 2))
@@ -432,11 +432,11 @@ def bench_graphs(rows: list[Row], sizes: list[int]) -> None:
 def bench_export(rows: list[Row]) -> None:
     """Export + reload check of the converted digits CNN, and its size against the float one."""
 
-    from workbench.capture import capture
-    from workbench.data import load_data
-    from workbench.export import program_for, program_size, save_program
-    from workbench.pipeline import calibrate, convert, exported_stage, prepare
-    from workbench.recipe import Recipe
+    from workbench.artifacts.export import program_for, program_size, save_program
+    from workbench.data.datasets import load_data
+    from workbench.model.capture import capture
+    from workbench.quantization.recipe import Recipe
+    from workbench.stages.steps import calibrate, convert, exported_stage, prepare
 
     captured = capture("sample:digits_cnn")
     data = load_data("digits", captured.signature)
@@ -477,11 +477,11 @@ def bench_export(rows: list[Row]) -> None:
 
 def bench_latency(rows: list[Row], batches: list[int]) -> None:
     """Converted digits CNN against float, both lowered with torch.compile(dynamic=False)."""
-    from workbench.capture import capture
-    from workbench.data import load_data
-    from workbench.latency import eval_batch, measure_latency
-    from workbench.pipeline import calibrate, convert, exported_stage, prepare
-    from workbench.recipe import Recipe
+    from workbench.analysis.latency import eval_batch, measure_latency
+    from workbench.data.datasets import load_data
+    from workbench.model.capture import capture
+    from workbench.quantization.recipe import Recipe
+    from workbench.stages.steps import calibrate, convert, exported_stage, prepare
 
     captured = capture("sample:digits_cnn")
     data = load_data("digits", captured.signature)

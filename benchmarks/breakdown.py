@@ -82,7 +82,7 @@ def main() -> None:
 
     lap("torchao pt2e")
     import workbench.cli as cli
-    import workbench.flow as flow
+    import workbench.stages.build as flow
 
     lap("workbench (cli, flow and what they import)")
     import transformers
@@ -93,10 +93,10 @@ def main() -> None:
         getattr(transformers, name)
     lap("transformers (+ ResNet/BERT model code)")
 
-    import workbench.capture as capture
-    import workbench.compare as compare
-    import workbench.export as export
-    import workbench.runner as runner
+    import workbench.analysis.compare as compare
+    import workbench.artifacts.export as export
+    import workbench.model.capture as capture
+    import workbench.stages.training as runner
 
     _patch(capture, "capture", "capture")
     _patch(capture, "load_model", "capture: build model (factory)")
@@ -136,7 +136,7 @@ def main() -> None:
     _patch(flow, "write_text", "write report + recipe")
     _patch(flow, "build", "build")
     status = _timed("cli main", cli.main)(argv)
-    from workbench.pattern_cache import installed_cache
+    from workbench.quantization.pattern_cache import installed_cache
 
     cache = installed_cache()
     stats = cache.stats if cache is not None else None

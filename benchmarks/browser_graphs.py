@@ -142,7 +142,7 @@ def click_to_pixels(
 
 
 def _layout_seconds(dots: list[str]) -> float:
-    from workbench.render import dot_to_svg
+    from workbench.drawing.dot import dot_to_svg
 
     start = time.perf_counter()
     for dot in dots:
@@ -151,8 +151,8 @@ def _layout_seconds(dots: list[str]) -> float:
 
 
 def _view(spec: str) -> Any:
-    from workbench.capture import capture
-    from workbench.graph import describe
+    from workbench.graph.view import describe
+    from workbench.model.capture import capture
 
     return describe(capture(spec).graph_module(), stage="exported")
 
@@ -160,12 +160,12 @@ def _view(spec: str) -> Any:
 def resnet_diff(path: Path) -> tuple[Any, Any, Any]:
     """Prepared and converted views of the ResNet-50 (2 calibration batches of 1) and their
     diff, pickled to `path` for `diff_app.py`."""
-    from workbench.capture import capture
-    from workbench.data import default_data_spec, load_data
-    from workbench.diff import diff_stages
-    from workbench.graph import describe
-    from workbench.pipeline import calibrate, convert, prepare
-    from workbench.recipe import Recipe
+    from workbench.analysis.diff import diff_stages
+    from workbench.data.datasets import default_data_spec, load_data
+    from workbench.graph.view import describe
+    from workbench.model.capture import capture
+    from workbench.quantization.recipe import Recipe
+    from workbench.stages.steps import calibrate, convert, prepare
 
     captured = capture(RESNET)
     prepared = prepare(captured, Recipe())
@@ -196,7 +196,7 @@ def _row(what: str, times: list[tuple[float, float]], baseline: float, base_text
 
 def graph_page(spec: str, label: str, screenshot: str | None) -> Row:
     """Click -> pixels on the app's Graph page opened on `spec`."""
-    from workbench.render import count_boxes, opening_depth, to_dot
+    from workbench.drawing.dot import count_boxes, opening_depth, to_dot
 
     view = _view(spec)
     depth = opening_depth(view)
@@ -222,7 +222,7 @@ def graph_page(spec: str, label: str, screenshot: str | None) -> Row:
 
 def diff_page(screenshot: str | None) -> Row:
     """Click -> pixels on the Diff of the ResNet-50's prepared and converted stages."""
-    from workbench.diff import diff_opening_depth, diff_to_dot, grouped_view
+    from workbench.drawing.diff import diff_opening_depth, diff_to_dot, grouped_view
 
     with tempfile.TemporaryDirectory() as folder:
         pickled = Path(folder) / "diff.pkl"

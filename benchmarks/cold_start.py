@@ -5,7 +5,7 @@ workspace, opens the page in headless Debian Chromium (launched before the serve
 start is not counted) and times, from the first "ok" of the health endpoint, the first
 `g.node` of the graph in the DOM and the Graph page's controls (the app ready to use).
 
-Cases: the view cache warm (an entry written by `python -m workbench.viewcache warm`), the
+Cases: the view cache warm (an entry written by `python -m workbench.drawing.viewcache warm`), the
 cache empty (a fresh clone's first start), and the old start (`WORKBENCH_COLD_START=off`:
 torch imported and the model captured before anything is drawn), which is the baseline.
 
@@ -64,7 +64,7 @@ def _env(workspace: Path, case: str) -> dict[str, str]:
 def warm_cache(workspace: Path, model: str) -> None:
     """Write the model's view cache entry as `make run` does before starting the server."""
     subprocess.run(
-        [sys.executable, "-m", "workbench.viewcache", "warm", "--model", model],
+        [sys.executable, "-m", "workbench.drawing.viewcache", "warm", "--model", model],
         cwd=ROOT, env=_env(workspace, "warm"), check=True, capture_output=True,
     )  # fmt: skip
 
@@ -127,7 +127,7 @@ def cold_start(model: str, case: str, workspace: Path) -> Timing:
 
 def graph_size(model: str, workspace: Path) -> tuple[int, int] | None:
     """(nodes, boxes drawn) of the model's view cache entry in `workspace`, if it has one."""
-    from workbench.viewcache import ViewCache, view_key
+    from workbench.drawing.viewcache import ViewCache, view_key
 
     key = view_key(model)
     entry = ViewCache(workspace / "views").get(key) if key is not None else None

@@ -17,8 +17,8 @@ import streamlit as st
 
 from ui.diff_view import linked_graphs
 from ui.state import AppState
-from workbench.diff import StageDiff
-from workbench.graph import GraphView
+from workbench.analysis.diff import StageDiff
+from workbench.graph.view import GraphView
 
 
 @st.cache_resource

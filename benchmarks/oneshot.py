@@ -20,11 +20,11 @@ def main() -> None:
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    from workbench.capture import capture
-    from workbench.quantizer import base_quantizer
+    from workbench.model.capture import capture
+    from workbench.quantization.quantizer import base_quantizer
 
     if args.side == "workbench":
-        from workbench.pattern_cache import install_pattern_cache
+        from workbench.quantization.pattern_cache import install_pattern_cache
 
         install_pattern_cache()
     captured = capture(args.model)

@@ -1,10 +1,10 @@
 """Streaming calibration: gigabytes of batches from a generator, with flat memory.
 
 `python -m benchmarks.streaming --gib 4` captures `strided_net` (this file as a model
-factory), prepares it for PTQ, and calibrates it with `workbench.pipeline.calibrate` on the
+factory), prepares it for PTQ, and calibrates it with `workbench.stages.steps.calibrate` on the
 StreamDataset that `load_data("benchmarks/streaming.py:batches")` makes: a generator
 function drawing (16, 3, 512, 512) float32 batches (48 MiB each) on the fly until the total
-reaches the size asked for. `workbench.pipeline.call`, through which calibration runs every
+reaches the size asked for. `workbench.stages.steps.call`, through which calibration runs every
 batch, is wrapped to count the input bytes that really reach the model.
 
 Memory is read from /proc/self/status: VmRSS before the data is loaded, then the peak
@@ -87,11 +87,11 @@ def main() -> None:
     count = -(-int(args.gib * 2**30) // BATCH_BYTES)
     os.environ[BATCHES_ENV] = str(count)
 
-    import workbench.pipeline as pipeline
-    from workbench.capture import capture
-    from workbench.data import load_data
-    from workbench.pipeline import calibrate, prepare
-    from workbench.recipe import Recipe
+    import workbench.stages.steps as pipeline
+    from workbench.data.datasets import load_data
+    from workbench.model.capture import capture
+    from workbench.quantization.recipe import Recipe
+    from workbench.stages.steps import calibrate, prepare
 
     root = HERE.parent.parent
     os.chdir(root)

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 import sample_models
-from workbench.capture import CapturedModel, capture
-from workbench.graph import GraphView, describe
+from workbench.graph.view import GraphView, describe
+from workbench.model.capture import CapturedModel, capture
 
 SAMPLE_NAMES = ("digits_cnn", "mobilenet", "attention_mlp")
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -114,7 +114,7 @@ def bad_models() -> Path:
 @pytest.fixture(scope="session")
 def digits_data(captured: dict[str, CapturedModel]) -> Any:
     """`load_data("digits", ...)` for the digits CNN (1,437 train / 360 eval images)."""
-    from workbench.data import load_data
+    from workbench.data.datasets import load_data
 
     return load_data("digits", captured["digits_cnn"].signature)
 
@@ -123,8 +123,8 @@ def digits_data(captured: dict[str, CapturedModel]) -> Any:
 def digits_ptq(captured: dict[str, CapturedModel], digits_data: Any) -> dict[str, Any]:
     """Stages of the digits CNN through PTQ with the default recipe (x86_inductor), 4 batches
     of 64 calibration images: exported, prepared, calibrated, converted."""
-    from workbench.pipeline import calibrate, convert, exported_stage, prepare
-    from workbench.recipe import Recipe
+    from workbench.quantization.recipe import Recipe
+    from workbench.stages.steps import calibrate, convert, exported_stage, prepare
 
     model = captured["digits_cnn"]
     prepared = prepare(model, Recipe())
@@ -141,7 +141,7 @@ def digits_ptq(captured: dict[str, CapturedModel], digits_data: Any) -> dict[str
 def _pattern_cache() -> Iterator[None]:
     """Tests run with the pattern cache, as the CLI and the app do (test_pattern_cache.py
     compares it with bare torchao)."""
-    from workbench.pattern_cache import install_pattern_cache, uninstall_pattern_cache
+    from workbench.quantization.pattern_cache import install_pattern_cache, uninstall_pattern_cache
 
     install_pattern_cache()
     yield

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.data import TensorDataset, load_data
+from workbench.artifacts.workspace import Workspace
+from workbench.data.datasets import TensorDataset, load_data
+from workbench.data.task import Task
 from workbench.errors import WorkbenchError
-from workbench.estimate import Costs, Defaults, Estimates, about, choose_defaults
 from workbench.jobs import Job, Jobs
-from workbench.recipe import Recipe
-from workbench.signature import ModelInputs
-from workbench.task import Task
-from workbench.workspace import Workspace
+from workbench.model.signature import ModelInputs
+from workbench.quantization.recipe import Recipe
+from workbench.stages.estimate import Costs, Defaults, Estimates, about, choose_defaults
 
 
 def test_a_job_runs_in_a_thread_and_its_result_lands_before_it_says_done() -> None:
@@ -139,7 +139,7 @@ def test_limited_data_evaluates_on_exactly_the_first_samples() -> None:
 
 
 def test_limited_stream_stops_at_the_batch_that_reaches_the_limit(tmp_path: Path) -> None:
-    from workbench.data import InputSignature
+    from workbench.data.datasets import InputSignature
 
     source = tmp_path / "stream.py"
     source.write_text(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.recipe import Recipe
+from workbench.quantization.recipe import Recipe
 
 ENGINE_DATA = Path(__file__).resolve().parent / "models" / "engine_data.py"
 WORKERS = 2

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from workbench.graph import GraphView
-from workbench.recipe import Recipe, effective_settings, validate
+from workbench.graph.view import GraphView
+from workbench.quantization.recipe import Recipe, effective_settings, validate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -2,7 +2,7 @@
 
 On a fresh server the library (torch, torchao) takes seconds to import and the model more to
 capture. `cold_start` draws what it can at once: on the Graph page the start-up model's graph
-from the workspace's view cache (`workbench.viewcache`), elsewhere the page's title and a
+from the workspace's view cache (`workbench.drawing.viewcache`), elsewhere the page's title and a
 note; a server-wide thread meanwhile imports the library, captures the model into
 `ui.state`'s caches and writes the cache entry. The script waits for that thread (checking
 for reruns as it waits) and then reruns into the normal app, which finds everything cached.
@@ -26,7 +26,7 @@ from pathlib import Path
 import streamlit as st
 
 from ui.graph_component import component
-from workbench.viewcache import (
+from workbench.drawing.viewcache import (
     DEFAULT_SPEC,
     SCREEN_DEFAULT,
     CachedView,

@@ -11,15 +11,7 @@ import streamlit as st
 
 from ui.jobs import live, outcome, rerun_when_ended, start_button
 from ui.state import AppState, Converted
-from workbench.annotate import set_override
-from workbench.charts import (
-    activation_grid_figure,
-    finite_or_none,
-    sensitivity_figure,
-    sqnr_bar_figure,
-    weight_channels_figure,
-)
-from workbench.compare import (
+from workbench.analysis.compare import (
     Comparison,
     activation_grid,
     own_sqnr,
@@ -27,9 +19,17 @@ from workbench.compare import (
     weight_nodes,
     worst_first,
 )
+from workbench.analysis.sensitivity import iter_sensitivity, suggest_overrides
+from workbench.analysis.sqnr import NodeError
+from workbench.drawing.charts import (
+    activation_grid_figure,
+    finite_or_none,
+    sensitivity_figure,
+    sqnr_bar_figure,
+    weight_channels_figure,
+)
 from workbench.jobs import Job
-from workbench.numeric import NodeError
-from workbench.sensitivity import iter_sensitivity, suggest_overrides
+from workbench.quantization.editing import set_override
 
 ADDED_KEY = "sens-added"  # the nodes the last "Add keep-float rules" click added
 

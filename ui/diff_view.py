@@ -10,21 +10,19 @@ import streamlit as st
 
 from ui.graph_view import graph_view, group_click, groups_note, legend
 from ui.state import AppState
-from workbench.checks import check_converted
-from workbench.diff import (
+from workbench.analysis.checks import check_converted
+from workbench.analysis.diff import StageDiff, code_diff, diff_stages
+from workbench.analysis.folding import fold_reports
+from workbench.drawing.diff import (
     DIFF_COLOURS,
-    StageDiff,
-    code_diff,
     diff_opening_depth,
-    diff_stages,
     diff_to_dot,
     grouped_view,
     overlay_to_dot,
     overlay_view,
 )
-from workbench.folding import fold_reports
-from workbench.graph import GraphView
-from workbench.render import box_of
+from workbench.drawing.dot import box_of
+from workbench.graph.view import GraphView
 
 SIDES = ("before", "after")
 

@@ -7,9 +7,9 @@ import dataclasses
 import streamlit as st
 
 from ui.state import AppState
-from workbench.annotate import rule_setting, set_override
 from workbench.errors import WorkbenchError
-from workbench.recipe import (
+from workbench.quantization.editing import rule_setting, set_override
+from workbench.quantization.recipe import (
     BACKENDS,
     DTYPES,
     GRANULARITIES,

@@ -8,9 +8,9 @@ import streamlit as st
 
 from ui.jobs import live, outcome, rerun_when_ended, start_button
 from ui.state import AppState
-from workbench.flow import BuildResult, export_stages
+from workbench.analysis.latency import Latency, eval_batch, measure_latency
 from workbench.jobs import Job
-from workbench.latency import Latency, eval_batch, measure_latency
+from workbench.stages.build import BuildResult, export_stages
 
 
 def start_export(state: AppState, predicted: float) -> Job[BuildResult]:

@@ -9,11 +9,8 @@ import streamlit as st
 
 from ui.graph_component import component
 from ui.state import step, svg_for
-from workbench.compare import sqnr_colours
-from workbench.graph import GraphView, NodeInfo
-from workbench.numeric import NodeError
-from workbench.recipe import Effective
-from workbench.render import (
+from workbench.analysis.sqnr import NodeError
+from workbench.drawing.dot import (
     OPEN_COLLAPSED_ABOVE,
     collapse_group,
     expand_group,
@@ -22,6 +19,9 @@ from workbench.render import (
     opening_depth,
     single_node_modules,
 )
+from workbench.drawing.overlays import sqnr_colours
+from workbench.graph.view import GraphView, NodeInfo
+from workbench.quantization.recipe import Effective
 
 AUTO, EXPANDED = "auto", "expanded"
 DEPTH_HELP = (

@@ -14,8 +14,8 @@ import streamlit as st
 
 from ui.state import AppState, show_bug, show_error
 from workbench.errors import WorkbenchError, first_line
-from workbench.estimate import about
 from workbench.jobs import Job
+from workbench.stages.estimate import about
 
 KEEPS_PARTIAL = frozenset({"train", "sensitivity"})  # a stopped job of these keeps its work
 POLL_SECONDS = 0.5  # the sidebar panel (and a page's live view) redraws this often

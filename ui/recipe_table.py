@@ -8,8 +8,8 @@ import streamlit as st
 
 from ui.editor import CHOICES
 from ui.state import AppState
-from workbench.annotate import apply_table_edits, effective_table, set_override
-from workbench.recipe import Effective, QuantSetting, Recipe, module_matches
+from workbench.quantization.editing import apply_table_edits, effective_table, set_override
+from workbench.quantization.recipe import Effective, QuantSetting, Recipe, module_matches
 
 
 def table_key(recipe: Recipe) -> str:

@@ -22,28 +22,28 @@ from streamlit.errors import FragmentHandledException
 
 from ui.boot import startup_spec as boot_startup_spec
 from ui.boot import take_pending_click
-from workbench.capture import CapturedModel, DimRequest, ModelSpec
-from workbench.capture import capture as _capture
-from workbench.compare import Comparison
-from workbench.data import Dataset, default_data_spec, load_data
+from workbench.analysis.compare import Comparison
+from workbench.analysis.latency import Latency
+from workbench.analysis.sensitivity import SensitivityProgress
+from workbench.artifacts.workspace import Workspace
+from workbench.data.datasets import Dataset, default_data_spec, load_data
+from workbench.drawing.dot import Rendered, dot_to_svg, render_for_screen
 from workbench.errors import WorkbenchError, first_line
-from workbench.estimate import Costs, Defaults, Estimates, choose_defaults
-from workbench.flow import BuildResult
-from workbench.graph import GraphView, describe
+from workbench.graph.view import GraphView, describe
 from workbench.jobs import Jobs
-from workbench.latency import Latency
-from workbench.pattern_cache import install_pattern_cache, warm_pattern_cache
-from workbench.pipeline import (
+from workbench.model.capture import CapturedModel, DimRequest, ModelSpec
+from workbench.model.capture import capture as _capture
+from workbench.quantization.pattern_cache import install_pattern_cache, warm_pattern_cache
+from workbench.quantization.quantizer import quantizable_nodes
+from workbench.quantization.recipe import Effective, Recipe, validate
+from workbench.stages.build import BuildResult
+from workbench.stages.estimate import Costs, Defaults, Estimates, choose_defaults
+from workbench.stages.steps import (
     QatConfig,
     Stage,
     evaluate,
 )
-from workbench.quantizer import quantizable_nodes
-from workbench.recipe import Effective, Recipe, validate
-from workbench.render import Rendered, dot_to_svg, render_for_screen
-from workbench.runner import QatRun
-from workbench.sensitivity import SensitivityProgress
-from workbench.workspace import Workspace
+from workbench.stages.training import QatRun
 
 STATE_KEY = "workbench"
 DEFAULT_QAT_STEPS = 120
@@ -184,7 +184,7 @@ class AppState:
         return self._data
 
     def set_data(self, spec: str) -> None:
-        """Use the data `spec` names (see workbench.data) and autosave the choice; on error
+        """Use the data `spec` names (see workbench.data.datasets) and autosave the choice; on error
         keep the current data."""
         assert self.captured is not None and self.spec is not None
         data = load_data(spec, self.captured.signature, task=self.recipe.task())

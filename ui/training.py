@@ -12,34 +12,35 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from ui.conversion import (
+    calibrated_with,
+    conversion_estimate,
+    live_progress,
+    start_conversion,
+    train_steps,
+    trained_schedule,
+)
 from ui.jobs import live, outcome, rerun_when_ended, start_button
-from ui.state import AppState, Converted, Schedule, Tuned, step
-from workbench.capture import CapturedModel
-from workbench.charts import (
+from ui.state import AppState, Converted, Tuned, step
+from workbench.drawing.charts import (
     accuracy_drift_figure,
     channel_ranges_figure,
     loss_figure,
     observer_range_figure,
 )
-from workbench.compare import compare
-from workbench.data import Dataset
 from workbench.jobs import Job
-from workbench.pipeline import (
+from workbench.quantization.recipe import check_output
+from workbench.stages.ranges import FakeQuantInfo
+from workbench.stages.steps import (
     QatConfig,
-    calibrate,
-    convert,
     exported_stage,
     prepare,
-    trained_float,
 )
-from workbench.qat import FakeQuantInfo
-from workbench.recipe import Recipe, check_output
-from workbench.runner import CHECKPOINT_NAME, QatRun
+from workbench.stages.training import CHECKPOINT_NAME, QatRun
 
 # While a job trains, the live charts are redrawn this often. Drawing four plotly charts
 # holds the GIL for tens of milliseconds, and the training thread, which gives the GIL up
@@ -198,7 +199,7 @@ def qat_section(state: AppState) -> Callable[[], Tuned] | None:
     outcome(state.jobs.last("train"))
     run = state.qat_run
     if run is None and training:
-        _live_progress(state, "train", until=lambda: state.qat_run is not None)
+        live_progress(state, "train", until=lambda: state.qat_run is not None)
         return None
     if run is None:
         st.caption("Start trains a copy of the QAT-prepared model; Stop keeps its state, "
@@ -271,7 +272,7 @@ def start_training(
             state.qat_run, state.converted = run, None
         job.progress(run.step_count / run.config.steps, "measuring the float model…")
         state.float_quality()
-        _train(job, run)
+        train_steps(job, run)
         return run
 
     predicted = 0.0
@@ -286,28 +287,6 @@ def start_training(
         "train", label, work, estimate=state.estimate("train", predicted),
         on_done=lambda _: state.learn("train", predicted, time.monotonic() - began),
     )  # fmt: skip
-
-
-def _train(job: Job[Any], run: QatRun, *, share: float = 1.0) -> None:
-    """Step `run` to its end, reporting each step as `share` of the job (a Stop ends it)."""
-    while not run.done:
-        record = run.step()
-        job.progress(share * run.step_count / run.config.steps,
-                     f"training step {run.step_count}/{run.config.steps}, "
-                     f"loss {record['loss']:.4f}")  # fmt: skip
-
-
-def trained_schedule(run: QatRun, eval_samples: int | None = None) -> Schedule:
-    """The schedule that trains exactly the steps `run` has run, even if it was stopped.
-
-    The learning rate is constant and the batches are a pure function of the seed, so the
-    first N steps of a longer run equal a run of N steps with the same freeze steps.
-    """
-    config = dataclasses.replace(
-        run.config, steps=run.step_count, freeze_bn_step=run.config.bn_freeze_at,
-        freeze_observer_step=run.config.observer_freeze_at, eval_every=0,
-    )  # fmt: skip
-    return Schedule(run.step_count, config.batch_size, run.data.spec, config, eval_samples)
 
 
 def _checkpoint_folder(state: AppState) -> Path:
@@ -404,7 +383,7 @@ def ptq_section(state: AppState) -> Callable[[], Tuned] | None:
                  estimate=state.estimate("calibrate", predicted), key="calibrate")  # fmt: skip
     calibrating = state.jobs.running("calibrate")
     if calibrating:
-        _live_progress(state, "calibrate")
+        live_progress(state, "calibrate")
     outcome(state.jobs.last("calibrate"))
     if state.calibrated is None:
         if not calibrating:
@@ -443,7 +422,7 @@ def start_calibration(state: AppState, batches: int, batch_size: int) -> Job[Tun
     eval_samples = state.eval_samples
 
     def work(job: Job[Tuned]) -> Tuned:
-        return _calibrated(job, captured, recipe, data, batches, batch_size, eval_samples)
+        return calibrated_with(job, captured, recipe, data, batches, batch_size, eval_samples)
 
     def done(tuned: Tuned) -> None:
         state.calibrated, state.converted = tuned, None
@@ -457,48 +436,6 @@ def start_calibration(state: AppState, batches: int, batch_size: int) -> Job[Tun
     return state.jobs.start("calibrate", label, work, on_done=done, estimate=estimate)
 
 
-def _calibrated(
-    job: Job[Any],
-    captured: CapturedModel,
-    recipe: Recipe,
-    data: Dataset,
-    batches: int,
-    batch_size: int,
-    eval_samples: int | None,
-) -> Tuned:
-    """prepare_pt2e, then calibration with the job's progress (a Stop ends it there)."""
-    job.progress(0.0, "prepare_pt2e…")
-    prepared = prepare(captured, recipe)
-    job.progress(0.0, f"batch 0/{batches}")
-    calibrated = calibrate(
-        prepared, data, batches=batches, batch_size=batch_size, record_ranges=True,
-        progress=lambda done, total, _: job.progress(done / total, f"batch {done}/{total}"),
-    )  # fmt: skip
-    schedule = Schedule(batches, batch_size, data.spec, eval_samples=eval_samples)
-    return Tuned(prepared, calibrated, schedule)
-
-
-def _live_progress(state: AppState, kind: str, *, until: Callable[[], bool] | None = None) -> None:
-    """The running job's progress bar on the page too, redrawn while it runs; the whole
-    page reruns as soon as `until()` holds (e.g. once a new QAT run exists to chart)."""
-
-    ended = rerun_when_ended(state, (kind,))
-
-    @st.fragment(run_every=live(state, (kind,)))
-    def bar() -> None:
-        ended()
-        if until is not None and until():
-            st.rerun()
-        job = state.jobs.last(kind)
-        if job is not None and job.running:
-            st.progress(job.fraction, text=f"{job.label}: {job.text} · {job.elapsed:.0f} s")
-
-    bar()
-
-
-# --- convert ---------------------------------------------------------------------------------
-
-
 def convert_section(state: AppState, tuned: Callable[[], Tuned]) -> None:
     """The Convert job: convert the tuned stage and measure it against float."""
     current = state.current()
@@ -508,122 +445,5 @@ def convert_section(state: AppState, tuned: Callable[[], Tuned]) -> None:
                  estimate=conversion_estimate(state), key="convert", primary=current is None,
                  disabled=busy)  # fmt: skip
     if state.jobs.running("convert"):
-        _live_progress(state, "convert")
-    outcome(state.jobs.last("convert"))
-
-
-def conversion_estimate(state: AppState, *, tune: bool = False) -> float | None:
-    """Expected seconds of a conversion (and of the tuning before it, with `tune`)."""
-    if state.estimates is None:
-        return None
-    costs = state.estimates.costs
-    samples = state.data().eval_size or 256
-    seconds = state.estimate("convert", costs.convert(samples)) or 0.0
-    if tune:
-        schedule = state.default_schedule()
-        if schedule.qat is not None:
-            train = costs.train(schedule.steps, schedule.batch_size)
-            seconds += state.estimate("train", train) or 0.0
-        else:
-            calibration = costs.calibrate(schedule.steps, schedule.batch_size)
-            seconds += state.estimate("calibrate", calibration) or 0.0
-    return seconds
-
-
-def tuned_now(state: AppState) -> Callable[[], Tuned] | None:
-    """What Convert on Train & convert would convert now (None: nothing tuned that fits)."""
-    recipe, spec = state.recipe.to_json(), state.data().spec
-    run = state.qat_run
-    if state.recipe.mode == "qat":
-        fits = (run is not None and run.step_count > 0 and not state.jobs.running("train")
-                and run.source.recipe is not None and run.source.recipe.to_json() == recipe
-                and run.data.spec == spec)  # fmt: skip
-        if not fits:
-            return None
-        assert run is not None
-        eval_samples = state.eval_samples
-        return lambda: Tuned(run.source, run.stage(), trained_schedule(run, eval_samples))
-    calibrated = state.calibrated
-    if (calibrated is None or calibrated.tuned.recipe is None
-            or calibrated.tuned.recipe.to_json() != recipe
-            or calibrated.schedule.data_spec != spec):  # fmt: skip
-        return None
-    schedule = dataclasses.replace(calibrated.schedule, eval_samples=state.eval_samples)
-    fitted = dataclasses.replace(calibrated, schedule=schedule)
-    return lambda: fitted
-
-
-def start_conversion(state: AppState, tuned: Callable[[], Tuned] | None = None) -> Job[Converted]:
-    """Convert as a job and measure int8 against float; the result becomes `state.converted`.
-
-    Without `tuned` (the Diff and Export pages' button), what Train & convert tuned is
-    converted, or, when nothing fits, the model is first calibrated (PTQ) or trained (QAT)
-    with the defaults chosen for it (`AppState.default_schedule`).
-    """
-    captured, recipe, data = state.captured, state.recipe, state.data()
-    assert captured is not None
-    recipe_json = recipe.to_json()
-    source = tuned or tuned_now(state)
-    schedule = state.default_schedule()
-    teacher_stage = exported_stage(captured)
-
-    def work(job: Job[Converted]) -> Converted:
-        if source is not None:
-            job.progress(0.0, "copying the tuned model…")
-            made = source()
-        elif schedule.qat is not None:
-            job.progress(0.0, "prepare_qat_pt2e…")
-            prepared = prepare(captured, recipe)
-            run = QatRun(prepared, data, schedule.qat, teacher=teacher_stage.graph_module)
-            _train(job, run, share=0.5)
-            made = Tuned(prepared, run.stage(), trained_schedule(run, schedule.eval_samples))
-        else:
-            made = _calibrated(job, captured, recipe, data, schedule.steps, schedule.batch_size,
-                               schedule.eval_samples)  # fmt: skip
-        job.progress(0.5 if source is None else 0.1, "convert_pt2e…")
-        converted = convert(made.tuned)
-        job.progress(0.7, "measuring int8 against float…")
-        trained = made.tuned if made.tuned.name == "trained" else None
-        reference = trained_float(teacher_stage, trained) if trained is not None else None
-        comparison = compare(teacher_stage.graph_module, converted.graph_module, data,
-                             reference_gm=reference)  # fmt: skip
-        stages = {"exported": teacher_stage, "prepared": made.prepared,
-                  made.tuned.name: made.tuned, "converted": converted}  # fmt: skip
-        if source is None and made.tuned.name == "calibrated":
-            state.calibrated = made
-        return Converted(recipe_json, stages, made.schedule, comparison)
-
-    def done(converted: Converted) -> None:
-        state.converted = converted
-        if source is not None:  # a conversion alone: it teaches the convert estimate
-            state.learn("convert", predicted, time.monotonic() - began)
-
-    costs = state.estimates.costs if state.estimates is not None else None
-    predicted = costs.convert(data.eval_size or 256) if costs is not None else 0.0
-    began = time.monotonic()
-    label = "Convert" if source is not None else f"{schedule.describe(recipe.mode)}, then convert"
-    return state.jobs.start("convert", label, work, on_done=done,
-                            estimate=conversion_estimate(state, tune=source is None))  # fmt: skip
-
-
-def offer_conversion(state: AppState) -> None:
-    """For the Diff and Export pages: why there is no current converted model, and a button
-    that starts the conversion job (after tuning with the defaults when nothing fits)."""
-    reason = state.stale()
-    if reason is not None:
-        st.warning(f"The model converted on Train & convert is out of date: {reason}.")
-    else:
-        st.info("No model was converted with the current recipe and data yet.")
-    source = tuned_now(state)
-    if source is not None:
-        label = "Convert what Train & convert tuned"
-    else:
-        label = f"{state.default_schedule().describe(state.recipe.mode).capitalize()}, then convert"
-    start_button(state, "convert", label, lambda: start_conversion(state),
-                 estimate=conversion_estimate(state, tune=source is None), key="offer-convert",
-                 disabled=bool(state.jobs.running("calibrate") or state.jobs.running("train")),
-                 help="Runs in the background: this page, and any other, can be left meanwhile. "
-                      "Train & convert has every setting.")  # fmt: skip
-    if state.jobs.running("convert"):
-        _live_progress(state, "convert")
+        live_progress(state, "convert")
     outcome(state.jobs.last("convert"))

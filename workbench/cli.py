@@ -21,8 +21,8 @@ from workbench.errors import WorkbenchError
 if TYPE_CHECKING:
     from torch.fx import GraphModule
 
-    from workbench.capture import CapturedModel
-    from workbench.recipe import Recipe
+    from workbench.model.capture import CapturedModel
+    from workbench.quantization.recipe import Recipe
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 log = logging.getLogger("workbench")
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.stderr = sys.stderr  # our own messages go here even while torch's noise is swallowed
     _configure_logging(args.debug)
     if not args.no_pattern_cache:
-        from workbench.pattern_cache import install_pattern_cache
+        from workbench.quantization.pattern_cache import install_pattern_cache
 
         install_pattern_cache()
     try:
@@ -200,8 +200,8 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from workbench.graph import describe
-    from workbench.render import DEFAULT_NODE_BUDGET, dot_to_svg, render_for_screen, to_dot
+    from workbench.drawing.dot import DEFAULT_NODE_BUDGET, dot_to_svg, render_for_screen, to_dot
+    from workbench.graph.view import describe
 
     if args.collapse_depth is not None and args.collapse_depth < 1:
         raise WorkbenchError(
@@ -239,13 +239,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _stage_module(args: argparse.Namespace, captured: CapturedModel) -> GraphModule:
-    from workbench.data import load_data
-    from workbench.pipeline import calibrate, convert, prepare
+    from workbench.data.datasets import load_data
+    from workbench.stages.steps import calibrate, convert, prepare
 
     if args.stage == "exported":
         if args.recipe is not None:
-            from workbench.graph import describe
-            from workbench.recipe import validate
+            from workbench.graph.view import describe
+            from workbench.quantization.recipe import validate
 
             validate(_recipe(args), describe(captured.graph_module()))
         return captured.graph_module()
@@ -258,7 +258,7 @@ def _stage_module(args: argparse.Namespace, captured: CapturedModel) -> GraphMod
 
 
 def _recipe(args: argparse.Namespace) -> Recipe:
-    from workbench.recipe import Recipe, RecipeError
+    from workbench.quantization.recipe import Recipe, RecipeError
 
     recipe = Recipe()
     if args.recipe is not None:
@@ -275,7 +275,7 @@ def _recipe(args: argparse.Namespace) -> Recipe:
 
 
 def _capture(args: argparse.Namespace) -> CapturedModel:
-    from workbench.capture import DimRequest, capture
+    from workbench.model.capture import DimRequest, capture
 
     dynamic = [request for text in args.dynamic for request in DimRequest.parse(text)]
     captured = capture(args.model, input_shape=args.input_shape, dynamic=dynamic)
@@ -285,13 +285,13 @@ def _capture(args: argparse.Namespace) -> CapturedModel:
 
 
 def _default_data(data: str | None, captured: CapturedModel) -> str:
-    from workbench.data import default_data_spec
+    from workbench.data.datasets import default_data_spec
 
     return data if data is not None else default_data_spec(captured.example_inputs)
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from workbench.flow import build
+    from workbench.stages.build import build
 
     recipe = _recipe(args)
     if args.eval_samples is not None and args.eval_samples < 1:
@@ -300,7 +300,7 @@ def _quantize(args: argparse.Namespace) -> int:
                              "them.")  # fmt: skip
     if args.out.suffix != ".pt2":
         raise WorkbenchError(f"--out {args.out} does not end in .pt2.", "Name the file MODEL.pt2.")
-    from workbench.export import check_writable
+    from workbench.artifacts.export import check_writable
 
     for path in (args.out, args.report, args.recipe_out):
         if path is not None:
@@ -339,7 +339,7 @@ def _progress_line(
 
 
 def _write(text: str, out: Path | None) -> None:
-    from workbench.export import check_writable, write_text
+    from workbench.artifacts.export import check_writable, write_text
 
     if out is None:
         sys.stdout.write(text)

@@ -15,9 +15,9 @@ import time
 import warnings
 from pathlib import Path
 
-from workbench.capture import capture
-from workbench.graph import describe
-from workbench.render import count_boxes, dot_to_svg, max_depth, render_for_screen
+from workbench.drawing.dot import count_boxes, dot_to_svg, max_depth, render_for_screen
+from workbench.graph.view import describe
+from workbench.model.capture import capture
 
 BUDGET = 1500
 

@@ -1,0 +1,3 @@
+"""What the user brings: a model spec resolved and captured with torch.export, its input and
+output signature.
+"""

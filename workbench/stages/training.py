@@ -1,0 +1,400 @@
+"""A resumable QAT run: step by step, with evaluations, checkpoints and a NaN guard.
+
+`QatRun` trains a copy of a QAT-prepared stage one step at a time (seeded batches, BN freeze
+and observer freeze on the config's schedule), so the app can show progress, stop within a
+step, evaluate every `eval_every` steps and save checkpoints that a later process resumes
+from with bit-identical results; `pipeline.train_qat` is one uninterrupted run.
+
+Checkpoints are files this runner wrote with `torch.save`: model state_dict, optimizer state,
+step, RNG states, loss and evaluation history and the range recorder's buffers. They are read
+back with `torch.load(weights_only=True)` (plain tensors, numbers, strings, lists, dicts and
+tuples only), so a foreign file cannot run code; still, only resume from files this runner
+wrote: the state is loaded into the model without further checks beyond the run settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import pickle
+import random
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.fx import GraphModule
+from torchao.quantization.pt2e import (
+    disable_fake_quant,
+    disable_observer,
+    move_exported_model_to_eval,
+    move_exported_model_to_train,
+)
+
+from workbench.data.datasets import Batch, Dataset
+from workbench.errors import WorkbenchError
+from workbench.locks import EXPORT_LOCK
+from workbench.stages.ranges import RangeRecorder
+from workbench.stages.steps import (
+    Progress,
+    QatConfig,
+    Stage,
+    StopRequested,
+    TrainingError,
+    _loss,
+    evaluate,
+    freeze_bn_,
+)
+
+CHECKPOINT_FORMAT = "workbench-qat-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "qat-checkpoint.pt"
+Batches = Iterator[Batch]
+
+
+class QatRun:
+    """QAT on a copy of a prepared stage that can step, stop, checkpoint and resume.
+
+    `history` holds one dict per evaluation: {"stage": "eval", "step", "float", "fake_quant",
+    "quality"}; "float" is the model being trained with fake quantization switched off (the
+    latent float weights), "fake_quant" the same model as it will be quantized. `losses[i]`
+    is the loss of step i + 1 (NaN for steps not run yet). With `checkpoint_dir`, a checkpoint
+    is written atomically every `checkpoint_every` steps (and at step 0) to
+    `checkpoint_dir / CHECKPOINT_NAME`; the last good state is also kept in memory, and a
+    non-finite loss restores it before raising `TrainingError`.
+    """
+
+    def __init__(
+        self,
+        stage: Stage,
+        data: Dataset,
+        config: QatConfig,
+        *,
+        teacher: GraphModule | None = None,
+        eval_every: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 10,
+        record_ranges: bool = True,
+        meta: dict[str, str | int | float] | None = None,
+    ) -> None:
+        if data.needs_teacher() and teacher is None:
+            raise ValueError("data without targets needs the float model as teacher")
+        if checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be at least 1")
+        self.source = stage
+        self.data = data
+        self.config = config
+        self.teacher = teacher
+        self.eval_every = config.eval_every if eval_every is None else eval_every
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.record_ranges = record_ranges
+        self.meta = dict(meta or {})  # saved with each checkpoint: what the caller needs to resume
+        self.seconds = 0.0
+        self.stopped = False
+        torch.manual_seed(config.seed)
+        self._build()
+        self._good = self.state()
+        if self.checkpoint_dir is not None:
+            self._write(self._good, self.checkpoint_path)
+
+    # --- state -----------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        """A fresh model, optimizer, recorder and batch stream at step 0."""
+        self.model: GraphModule = self.source.copy_module()
+        with EXPORT_LOCK:
+            move_exported_model_to_train(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer: torch.optim.Optimizer = (
+            torch.optim.Adam(params, lr=self.config.lr)
+            if self.config.optimizer == "adam"
+            else torch.optim.SGD(params, lr=self.config.lr, momentum=0.9)
+        )
+        self.recorder = RangeRecorder(self.model, self.config.steps) if self.record_ranges else None
+        self.losses = torch.full((self.config.steps,), math.nan)
+        self.history: list[dict[str, Any]] = []
+        self.step_count = 0
+        self._batches: Batches = self.data.train_batches(
+            self.config.batch_size, seed=self.config.seed
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.step_count >= self.config.steps
+
+    @property
+    def checkpoint_path(self) -> Path:
+        if self.checkpoint_dir is None:
+            raise ValueError("this run has no checkpoint folder")
+        return self.checkpoint_dir / CHECKPOINT_NAME
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue this run, as cloned tensors and plain values."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "settings": _settings(self.config),
+            "step": self.step_count,
+            "model": _clone_state_dict(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "losses": self.losses.clone(),
+            "history": copy.deepcopy(self.history),
+            "recorder": self.recorder.snapshot() if self.recorder is not None else None,
+            "meta": dict(self.meta),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Return to a state from `state()` or a checkpoint: the model is rebuilt from the stage.
+
+        Rebuilding (rather than loading into the current model) also undoes a BN freeze made
+        after the state was taken, so the graph matches the step as well as the weights.
+        """
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("version") != CHECKPOINT_VERSION:
+            raise WorkbenchError(
+                "The file is not a QAT checkpoint of this workbench version.",
+                "Resume from a checkpoint written by this workbench's QAT runner.",
+            )
+        if state["settings"] != _settings(self.config):
+            raise WorkbenchError(
+                f"The checkpoint was written with QAT settings {state['settings']}, "
+                f"not {_settings(self.config)}.",
+                "Resume with the same steps, batch size, learning rate, optimizer and seed.",
+            )
+        self._build()
+        step = int(state["step"])
+        if step > self.config.bn_freeze_at:
+            freeze_bn_(self.model)
+        # Per-channel observer and fake-quant buffers resize themselves while loading.
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if step > self.config.observer_freeze_at:
+            self.model.apply(disable_observer)
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(_python_rng(state["python_rng"]))
+        self.losses.copy_(state["losses"])
+        self.history = copy.deepcopy(list(state["history"]))
+        self.meta = dict(state.get("meta") or self.meta)
+        if self.recorder is not None and state["recorder"] is not None:
+            self.recorder.restore(state["recorder"])
+        for _ in range(step):  # the batch stream is a pure function of the seed and position
+            next(self._batches)
+        self.step_count = step
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self, path: str | Path) -> Path:
+        """Save the current state to `path` atomically (a temporary file, then a rename)."""
+        return self._write(self.state(), Path(path))
+
+    @staticmethod
+    def _write(state: dict[str, Any], path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(state, stream)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | Path,
+        stage: Stage,
+        data: Dataset,
+        config: QatConfig,
+        teacher: GraphModule | None = None,
+        **options: Any,
+    ) -> QatRun:
+        """A run continuing from a checkpoint this runner wrote (see the module docstring).
+
+        `stage`, `data`, `config` and `teacher` must be the ones the checkpointed run used;
+        `options` are the constructor's keyword arguments (checkpoint_dir, eval_every, ...).
+        """
+        try:
+            state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise WorkbenchError(
+                f"The QAT checkpoint {path} cannot be read: {exc}",
+                "Resume from a complete checkpoint written by this workbench's QAT runner.",
+            ) from exc
+        if not isinstance(state, dict):
+            raise WorkbenchError(
+                f"{path} is not a QAT checkpoint.",
+                "Resume from a checkpoint written by this workbench's QAT runner.",
+            )
+        options.setdefault("checkpoint_dir", None)
+        folder = options.pop("checkpoint_dir")
+        run = cls(stage, data, config, teacher=teacher, **options)
+        run.load_state(state)
+        run.checkpoint_dir = Path(folder) if folder is not None else None
+        run._good = run.state()
+        return run
+
+    @staticmethod
+    def peek(path: str | Path) -> dict[str, Any] | None:
+        """{"settings", "step", "meta"} of a checkpoint this runner wrote; None if unreadable."""
+        try:
+            state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            return None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            return None
+        return {key: state.get(key) for key in ("settings", "step", "meta")}
+
+    @staticmethod
+    def config_of(settings: dict[str, Any]) -> QatConfig:
+        """The QatConfig a checkpoint's settings were written with (freeze steps explicit)."""
+        return QatConfig(
+            steps=int(settings["steps"]), batch_size=int(settings["batch_size"]),
+            lr=float(settings["lr"]), optimizer=str(settings["optimizer"]),
+            freeze_bn_step=int(settings["bn_freeze_at"]),
+            freeze_observer_step=int(settings["observer_freeze_at"]), seed=int(settings["seed"]),
+        )  # fmt: skip
+
+    # --- training --------------------------------------------------------------------------
+
+    def step(self) -> dict[str, Any]:
+        """Run one training step and return its record; raise TrainingError on a bad loss."""
+        if self.done:
+            raise ValueError(f"the run is complete ({self.config.steps} steps)")
+        start = time.perf_counter()
+        step = self.step_count + 1
+        if step > self.config.bn_freeze_at:
+            freeze_bn_(self.model)
+        if step == self.config.observer_freeze_at + 1:
+            self.model.apply(disable_observer)
+        batch = next(self._batches)  # a data error here leaves the model untouched
+        try:
+            with EXPORT_LOCK:  # the whole step: results do not depend on other work (locks.py)
+                loss = _loss(self.model, batch, self.data, self.teacher)
+                value = float(loss.item())
+                if math.isfinite(value):
+                    self.optimizer.zero_grad()
+                    loss.backward()
+                    self.optimizer.step()
+        except BaseException:
+            # A failure part-way (a user's loss, a shape error, an interrupt) must not leave
+            # the model half-updated: back to the last good state, then report.
+            self.load_state(self._good)
+            raise
+        if not math.isfinite(value):
+            good = int(self._good["step"])
+            self.load_state(self._good)
+            kept = (
+                f" The checkpoint {self.checkpoint_path} (step {good}) is kept."
+                if self.checkpoint_dir is not None
+                else ""
+            )
+            raise TrainingError(
+                f"The training loss became {value} at step {step}; the model was restored "
+                f"to step {good}.{kept}",
+                f"Lower the learning rate (now {self.config.lr:g}, e.g. to "
+                f"{self.config.lr / 10:g}) or check the data for extreme values.",
+            )
+        if self.recorder is not None:
+            self.recorder.record(step)
+        self.losses[step - 1] = value
+        self.step_count = step
+        record: dict[str, Any] = {"stage": "train", "step": step, "loss": value}
+        if self.eval_every > 0 and (step % self.eval_every == 0 or self.done):
+            record["eval"] = self.evaluate()
+        if step % self.checkpoint_every == 0 or self.done:
+            self._good = self.state()
+            if self.checkpoint_dir is not None:
+                self._write(self._good, self.checkpoint_path)
+        self.seconds += time.perf_counter() - start
+        return record
+
+    def evaluate(self) -> dict[str, Any]:
+        """Quality with fake quantization off and on, on copies; appended to `history`."""
+        model = copy.deepcopy(self.model)
+        with EXPORT_LOCK:
+            move_exported_model_to_eval(model)
+        model.apply(disable_observer)
+        fake_quant = evaluate(model, self.data, teacher=self.teacher)
+        model.apply(disable_fake_quant)
+        latent = evaluate(model, self.data, teacher=self.teacher)
+        record = {
+            "stage": "eval",
+            "step": self.step_count,
+            "float": latent,
+            "fake_quant": fake_quant,
+            "quality": self.data.quality,
+        }
+        self.history.append(record)
+        return record
+
+    def run(
+        self, *, progress: Progress | None = None, should_stop: StopRequested | None = None
+    ) -> QatRun:
+        """Step until the run is complete or `should_stop()` says so (checked before each step)."""
+        self.stopped = False
+        while not self.done:
+            if should_stop is not None and should_stop():
+                self.stopped = True
+                break
+            record = self.step()
+            if progress is not None:
+                progress(self.step_count, self.config.steps, record)
+        return self
+
+    def train_history(self) -> list[dict[str, Any]]:
+        """Loss records of the steps run so far followed by the evaluations, step order."""
+        steps = self.losses[: self.step_count].tolist()
+        records = [{"stage": "train", "step": i + 1, "loss": v} for i, v in enumerate(steps)]
+        return sorted(records + list(self.history), key=lambda r: r["step"])
+
+    def stage(self) -> Stage:
+        """The model trained so far as a "trained" stage (eval mode), ranges included."""
+        model = copy.deepcopy(self.model)
+        with EXPORT_LOCK:
+            move_exported_model_to_eval(model)
+        recorder = None
+        if self.recorder is not None:
+            recorder = RangeRecorder(model, self.recorder.capacity)
+            recorder.restore(self.recorder.snapshot())
+        total = self.config.steps
+        notes = () if self.done else (f"training stopped after {self.step_count} of {total}",)
+        size = self.data.batch_text(self.config.batch_size)
+        return Stage(
+            "trained", model, f"QAT: {self.step_count} steps {size} from {self.data.spec}",
+            self.seconds, self.source.recipe, self.source.applied, notes,
+            tuple(self.train_history()), recorder,
+        )  # fmt: skip
+
+
+def _settings(config: QatConfig) -> dict[str, Any]:
+    return {
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "optimizer": config.optimizer,
+        "bn_freeze_at": config.bn_freeze_at,
+        "observer_freeze_at": config.observer_freeze_at,
+        "seed": config.seed,
+    }
+
+
+def _clone_state_dict(state: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    # Keep `_metadata`: without the module versions in it, torchao's observers treat the
+    # state as version 1 and reset `eps` to float32 eps while loading (2**-12 here before).
+    clone = OrderedDict((k, v.detach().clone()) for k, v in state.items())
+    clone._metadata = copy.deepcopy(getattr(state, "_metadata", {}))  # type: ignore[attr-defined]
+    return clone
+
+
+def _python_rng(state: Any) -> tuple[Any, ...]:
+    # torch.save keeps tuples, but be lenient with lists: random.setstate needs tuples.
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
