@@ -533,8 +533,8 @@ def test_a_checkpointed_run_resumes_in_a_new_session_to_the_uninterrupted_result
 def test_export_page_measures_compiled_latency(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The page's latency section (torch.compile's eager backend here: tests/analysis/test_latency.py
-    compiles with Inductor)."""
+    """The page's latency section (torch.compile's eager backend here;
+    tests/analysis/test_latency.py compiles with Inductor)."""
     import functools
 
     import ui.exporting
