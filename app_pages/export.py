@@ -1,14 +1,115 @@
-"""Export page: the converted model as a reload-checked .pt2, its recipe and report."""
+"""Export page: the converted model as a reload-checked .pt2, its recipe and report, and its
+compiled latency on this CPU."""
+
+from __future__ import annotations
 
 import json
+import time
 
 import streamlit as st
 
 from ui.conversion import offer_conversion
-from ui.exporting import latency_section, start_export
-from ui.jobs import outcome, start_button
-from ui.state import loaded_state
-from workbench.stages.build import reproduce_command
+from ui.jobs import live, outcome, rerun_when_ended, start_button
+from ui.state import AppState, loaded_state
+from workbench.analysis.latency import Latency, eval_batch, measure_latency
+from workbench.artifacts.report import reproduce_command
+from workbench.jobs import Job
+from workbench.stages.build import BuildResult, export_stages
+
+
+def start_export(state: AppState, predicted: float) -> Job[BuildResult]:
+    """Export, save and reload-check the current converted model as a job.
+
+    The file goes to this session's own build folder (Workspace.build_folder), so another
+    tab's build never replaces it; the result becomes `state.exported_build`.
+    """
+    current = state.current()
+    assert current is not None and state.captured is not None
+    captured, recipe, data, key = state.captured, state.recipe, state.data(), state.stages_key()
+    out = state.workspace.build_folder(state.session, current.uid) / "model.pt2"
+    began = time.monotonic()
+
+    def work(job: Job[BuildResult]) -> BuildResult:
+        job.progress(0.1, "exporting, saving and reloading…")
+        return export_stages(captured, recipe, data, current.stages, out,
+                             comparison=current.comparison)  # fmt: skip
+
+    def done(built: BuildResult) -> None:
+        state.exported_build = (key, built)
+        state.learn("export", predicted, time.monotonic() - began)
+
+    return state.jobs.start("export", "Build model.pt2", work, on_done=done,
+                            estimate=state.estimate("export", predicted))  # fmt: skip
+
+
+def latency_section(state: AppState) -> None:
+    """Compiled int8 against compiled float on this CPU, as a job."""
+    st.markdown("**Latency on this CPU** (optional)")
+    st.caption("Both models lowered with torch.compile(dynamic=False): Inductor turns the int8 "
+               "q/dq graph into int8 kernels. Compiling takes from seconds to a minute; other "
+               "sessions' model work waits meanwhile.")  # fmt: skip
+    cols = st.columns([1, 2, 3])
+    batch = int(cols[0].number_input("Batch", 1, 4096, 256, key="latency-batch"))
+    costs = state.estimates.costs if state.estimates is not None else None
+    predicted = costs.latency(batch) if costs is not None else 0.0
+    with cols[1]:
+        start_button(state, "latency", "Measure latency",
+                     lambda: start_latency(state, batch, predicted),
+                     estimate=state.estimate("latency", predicted), key="latency",
+                     primary=False)  # fmt: skip
+
+    ended = rerun_when_ended(state, ("latency",))
+
+    @st.fragment(run_every=live(state, ("latency",)))
+    def log() -> None:
+        ended()
+        job = state.jobs.last("latency")
+        if job is not None and job.running:
+            st.progress(job.fraction, text=f"{job.text} · {job.elapsed:.0f} s")
+
+    log()
+    outcome(state.jobs.last("latency"))
+    key, latency = state.latency or ("", None)
+    if latency is None or key != state.stages_key():
+        return
+    cols = st.columns(4)
+    cols[0].metric("int8, compiled", f"{latency.int8_ms:.2f} ms",
+                   f"eager reference {latency.int8_eager_ms:.1f} ms", delta_color="off",
+                   delta_arrow="off")  # fmt: skip
+    cols[1].metric("float, compiled", f"{latency.float_ms:.2f} ms",
+                   f"eager {latency.float_eager_ms:.1f} ms", delta_color="off",
+                   delta_arrow="off")  # fmt: skip
+    cols[2].metric("int8 speed-up", f"{latency.speedup:.2f}x")
+    cols[3].metric("Compiled int8 vs reference", f"max |diff| {latency.max_abs_diff:.3g}")
+    st.caption(f"Median of 20 calls at batch {latency.batch}, {latency.threads} threads; "
+               f"compiling both took {latency.compile_seconds:.1f} s.")  # fmt: skip
+
+
+def start_latency(state: AppState, batch: int, predicted: float) -> Job[Latency]:
+    """Compile both models and time them as a job; the result becomes `state.latency`."""
+    stages, key = state.stages(), state.stages_key()
+    inputs = eval_batch(state.data(), batch)
+    began = time.monotonic()
+    steps = 0
+
+    def work(job: Job[Latency]) -> Latency:
+        def progress(text: str) -> None:
+            nonlocal steps
+            steps += 1
+            job.progress(min(0.95, steps / 6), text)
+
+        return measure_latency(stages["exported"].graph_module, stages["converted"].graph_module,
+                               inputs, progress=progress)  # fmt: skip
+
+    def done(latency: Latency) -> None:
+        state.latency = (key, latency)
+        state.learn("latency", predicted, time.monotonic() - began)
+
+    return state.jobs.start("latency", f"Measure latency at batch {batch}", work, on_done=done,
+                            estimate=state.estimate("latency", predicted))  # fmt: skip
+
+
+# --- the page ---
 
 state = loaded_state()
 captured = state.captured

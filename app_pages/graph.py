@@ -1,29 +1,118 @@
-"""Graph page: the captured graph, coloured by op family or annotation; click a node to edit it."""
+"""Graph page: the graph coloured by op family, annotation or SQNR; click a node to edit it."""
+
+from __future__ import annotations
+
+import math
 
 import streamlit as st
 
-import ui.graph_view as gv
 from ui.editor import node_editor
+from ui.graph_view import graph_view, group_click, groups_note, legend
 from ui.state import loaded_state
-from workbench.analysis.compare import own_sqnr, sqnr_by_node
-from workbench.drawing.dot import box_of, reveal, single_node_modules
-from workbench.drawing.overlays import ANNOTATION_COLOURS, annotation_colours, sqnr_legend
-from workbench.graph.view import search
+from workbench.analysis.sqnr import NodeError, own_sqnr, sqnr_by_node
+from workbench.drawing.dot import (
+    OPEN_COLLAPSED_ABOVE,
+    box_of,
+    format_shape,
+    max_depth,
+    opening_depth,
+    reveal,
+    single_node_modules,
+)
+from workbench.drawing.overlays import annotation_overlay, family_overlay, sqnr_overlay
+from workbench.graph.view import GraphView, NodeInfo, search
+from workbench.quantization.recipe import Effective
+
+AUTO, EXPANDED = "auto", "expanded"
+DEPTH_HELP = (
+    f"auto: the whole graph up to {OPEN_COLLAPSED_ABOVE} nodes, else module groups (one box "
+    "each, with its node count; click one to expand it). A number: modules at that depth."
+)
+
+
+def depth_options(view: GraphView) -> list[str | int]:
+    """The choices of the "Collapse modules at depth" slider."""
+    return [AUTO, EXPANDED, *range(1, max_depth(view) + 1)]
+
+
+def chosen_depth(view: GraphView, choice: str | int) -> int | None:
+    """The collapse depth a slider choice stands for (None: nothing collapsed)."""
+    if choice == AUTO:
+        return opening_depth(view)
+    return None if choice == EXPANDED else int(choice)
+
+
+def group_details(view: GraphView, box: str) -> None:
+    """The detail panel for a module group box (`module/PATH`) or frame (`cluster/PATH`)."""
+    kind, _, path = box.partition("/")
+    try:
+        module = view.module(path)
+    except KeyError:
+        st.caption("Click a node to see its details and edit how it is quantized.")
+        return
+    st.subheader(path)
+    st.markdown(f"**{module.type}** · {module.total_nodes:,} nodes")
+    if kind == "module":
+        st.caption("Collapsed: click the box to expand it.")
+    else:
+        st.caption("Expanded: click its frame's title (▾) to collapse it again.")
+
+
+def node_details(
+    node: NodeInfo,
+    effective: Effective | None = None,
+    error: NodeError | None = None,
+    own_db: float | None = None,
+) -> None:
+    """The detail panel for one node: op, module, shapes, parameters, source, annotation,
+    and its int8 error once a model is converted."""
+    st.subheader(node.name)
+    st.markdown(f"**{node.op_name}** · `{node.target}` · family *{node.family}*")
+    if node.module:
+        st.markdown(f"Module `{node.module}` ({node.module_type})")
+    if node.shape is not None:
+        st.markdown(f"Output `{format_shape(node.shape)}` {node.dtype}")
+    for param in node.params:
+        st.markdown(f"- `{param.target}` {format_shape(param.shape)} {param.dtype}")
+    if node.inputs:
+        st.caption("Inputs: " + ", ".join(node.inputs))
+    if node.source:
+        st.caption(node.source)
+        if node.source_code:
+            st.code(node.source_code, language="python")
+    if effective is not None:
+        fields = effective.setting.fields_set()
+        summary = "keep float" if fields.get("keep_float") else (
+            ", ".join(f"{k} {v}" for k, v in fields.items()) or "backend defaults"
+        )  # fmt: skip
+        st.markdown(f"**Annotation:** {summary}  \n*from* `{effective.rule}`")
+    if error is not None:
+        db = f"{error.sqnr_db:.1f} dB" if math.isfinite(error.sqnr_db) else "exact"
+        against = f"`{error.reference}`" + (" (BatchNorm folded in)" if error.bn_folded else "")
+        output = "its quantized output" if error.quantized else "its output"
+        own = "" if own_db is None else (
+            f" · own {own_db:.1f} dB" if math.isfinite(own_db) else " · adds no error"
+        )  # fmt: skip
+        st.markdown(f"**SQNR {db}**{own} · max |error| {error.max_abs_error:.4g}  \n"
+                    f"{output} (`{error.compared}`) against float {against}")  # fmt: skip
+
+
+# --- the page ---
 
 state = loaded_state()
 view = state.view
 st.title(f"Graph · {state.spec}")
 
 cols = st.columns([3, 2, 3])
-choice = cols[0].select_slider("Collapse modules at depth", gv.depth_options(view), value="auto",
-                               help=gv.DEPTH_HELP)  # fmt: skip
+choice = cols[0].select_slider("Collapse modules at depth", depth_options(view), value="auto",
+                               help=DEPTH_HELP)  # fmt: skip
 converted = state.converted
 colourings = ["op family", "annotation"] + (["SQNR"] if converted is not None else [])
 colour_by = cols[1].radio("Colour by", colourings, horizontal=True, key="graph-colour",
                           help="SQNR: after Convert on the Train & convert page.")  # fmt: skip
 query = cols[2].text_input("Search", placeholder="node, op or module", key="graph-search")
 
-depth = gv.chosen_depth(view, choice)
+depth = chosen_depth(view, choice)
 hits = search(view, query)
 # Search opens the groups holding its matches (as many as stay legible), for this query only.
 rendered = state.rendered(depth, reveal(view, hits, state.expanded, collapse_depth=depth))
@@ -33,7 +122,7 @@ if rendered.auto_collapsed:
 elif rendered.collapse_depth is not None:
     text = (f"{len(view):,} nodes drawn as {rendered.boxes:,} boxes: modules at depth "
             f"{rendered.collapse_depth} are one box each.")  # fmt: skip
-    if gv.groups_note(text, bool(state.expanded - single_node_modules(view)), key="graph"):
+    if groups_note(text, bool(state.expanded - single_node_modules(view)), key="graph"):
         state.expanded, state.selected = frozenset(), None
         st.rerun()
 # Annotation status needs an annotate pass: only when shown (colours, or a selected node).
@@ -44,13 +133,13 @@ if query:
     st.caption(f"{len(matches)} match(es)" + (f": {', '.join(matches[:8])}…" if matches else ""))
 errors = sqnr_by_node(converted.comparison.errors) if converted is not None else {}
 own = own_sqnr(view, converted.comparison.errors) if converted is not None else {}
-colours = None
+overlay = family_overlay()
 if colour_by == "annotation":
-    gv.legend(ANNOTATION_COLOURS)
-    colours = annotation_colours(view, effective)
+    overlay = annotation_overlay(view, effective)
 elif colour_by == "SQNR" and converted is not None:
-    gv.legend(sqnr_legend())
-    colours = gv.sqnr_box_colours(view, converted.comparison.errors, rendered.collapse_depth)
+    overlay = sqnr_overlay(view, converted.comparison.errors, rendered.collapse_depth)
+legend(overlay.legend)
+if colour_by == "SQNR" and converted is not None:
     stale = "" if state.current() is not None else " (converted with an earlier recipe)"
     st.caption(f"int8 against the {converted.comparison.reference} per node, from Train & "
                f"convert{stale}; a collapsed module shows its worst node.")  # fmt: skip
@@ -58,11 +147,11 @@ elif colour_by == "SQNR" and converted is not None:
 left, right = st.columns([3, 1])
 grouped = state.selected is not None and state.selected.startswith(("module/", "cluster/"))
 with left:
-    clicked = gv.graph_view(
-        rendered.dot, key="graph", selected=state.selected, colors=colours, highlight=matches,
+    clicked = graph_view(
+        rendered.dot, key="graph", selected=state.selected, colors=overlay.fills, highlight=matches,
         center=matches[0] if matches else (state.selected if grouped else None),
     )  # fmt: skip
-if clicked and (now := gv.group_click(view, clicked, rendered.expanded, depth)) != (
+if clicked and (now := group_click(view, clicked, rendered.expanded, depth)) != (
     rendered.expanded,
     state.selected,
 ):  # a node selected, or a group box or frame title clicked
@@ -70,13 +159,13 @@ if clicked and (now := gv.group_click(view, clicked, rendered.expanded, depth)) 
     st.rerun()
 with right:
     if state.selected in view:
-        gv.node_details(view[state.selected], effective.get(state.selected),
-                        errors.get(state.selected), own.get(state.selected))  # fmt: skip
+        node_details(view[state.selected], effective.get(state.selected),
+                     errors.get(state.selected), own.get(state.selected))  # fmt: skip
         if state.selected in effective:
             node_editor(state, state.selected)
         else:
             st.caption("The backend does not quantize this node.")
     elif state.selected:
-        gv.group_details(view, state.selected)
+        group_details(view, state.selected)
     else:
         st.caption("Click a node to see its details and edit how it is quantized.")

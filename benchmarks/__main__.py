@@ -436,12 +436,12 @@ def bench_export(rows: list[Row]) -> None:
     from workbench.data.datasets import load_data
     from workbench.model.capture import capture
     from workbench.quantization.recipe import Recipe
-    from workbench.stages.steps import calibrate, convert, exported_stage, prepare
+    from workbench.stages.build import quantize
 
     captured = capture("sample:digits_cnn")
     data = load_data("digits", captured.signature)
-    converted = convert(calibrate(prepare(captured, Recipe()), data, batches=8)).graph_module
-    float_gm = exported_stage(captured).graph_module
+    stages = quantize(captured, Recipe(), data, batches=8)
+    float_gm, converted = stages.exported.graph_module, stages.converted.graph_module
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         float_program = program_for(float_gm, captured.example_inputs)
@@ -481,12 +481,12 @@ def bench_latency(rows: list[Row], batches: list[int]) -> None:
     from workbench.data.datasets import load_data
     from workbench.model.capture import capture
     from workbench.quantization.recipe import Recipe
-    from workbench.stages.steps import calibrate, convert, exported_stage, prepare
+    from workbench.stages.build import quantize
 
     captured = capture("sample:digits_cnn")
     data = load_data("digits", captured.signature)
-    converted = convert(calibrate(prepare(captured, Recipe()), data, batches=8)).graph_module
-    float_gm = exported_stage(captured).graph_module
+    stages = quantize(captured, Recipe(), data, batches=8)
+    float_gm, converted = stages.exported.graph_module, stages.converted.graph_module
     for batch in batches:
         latency = measure_latency(float_gm, converted, eval_batch(data, batch))
         rows.append(

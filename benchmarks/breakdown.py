@@ -95,8 +95,10 @@ def main() -> None:
 
     import workbench.analysis.compare as compare
     import workbench.artifacts.export as export
+    import workbench.artifacts.report as report
     import workbench.model.capture as capture
-    import workbench.stages.training as runner
+    import workbench.stages.stage as stage
+    import workbench.stages.training as training
 
     _patch(capture, "capture", "capture")
     _patch(capture, "load_model", "capture: build model (factory)")
@@ -108,14 +110,15 @@ def main() -> None:
     _patch(flow, "exported_stage", "float stage")
     _patch(flow, "prepare", "prepare")
     _patch(flow, "train_qat", "train")
-    runner.QatRun.__init__ = _timed("train: QatRun setup", runner.QatRun.__init__)  # type: ignore[method-assign]
-    runner.QatRun.step = _timed("train: steps", runner.QatRun.step)  # type: ignore[method-assign]
-    runner.QatRun.state = _timed("train: state snapshots", runner.QatRun.state)  # type: ignore[method-assign]
-    runner.QatRun.stage = _timed("train: trained stage", runner.QatRun.stage)  # type: ignore[method-assign]
-    _patch(runner, "_loss", "train: steps: forward + loss")
+    training.QatRun.__init__ = _timed("train: QatRun setup", training.QatRun.__init__)  # type: ignore[method-assign]
+    training.QatRun.step = _timed("train: steps", training.QatRun.step)  # type: ignore[method-assign]
+    training.QatRun.state = _timed("train: state snapshots", training.QatRun.state)  # type: ignore[method-assign]
+    training.QatRun.stage = _timed("train: trained stage", training.QatRun.stage)  # type: ignore[method-assign]
+    _patch(training, "_loss", "train: steps: forward + loss")
     _patch(flow, "calibrate", "calibrate")
     _patch(flow, "convert", "convert")
-    _patch_calls(flow, "program_for", ["export (converted)", "float re-export (size ratio)"])
+    _patch(flow, "program_for", "export (converted)")
+    _patch(report, "program_for", "float re-export (size ratio)")
     _patch(flow, "save_program", "save + reload check")
     saves = [
         "save + reload check: torch.export.save",
@@ -125,14 +128,14 @@ def main() -> None:
     _patch(torch.export, "load", "save + reload check: torch.export.load")
     _patch(export, "compare_outputs", "save + reload check: compare outputs")
     _patch(flow, "make_report", "report")
-    _patch(flow, "trained_float", "report: trained float graph")
-    _patch(flow, "compare", "report: compare")
+    _patch(stage, "trained_float", "report: trained float graph")
+    _patch(report, "compare", "report: compare")
     _patch_calls(compare, "evaluate", ["report: compare: evaluate float",
                                        "report: compare: evaluate int8"])  # fmt: skip
     _patch(compare, "per_node_sqnr", "report: compare: per-node SQNR")
-    _patch(flow, "evaluate", "report: evaluate fake-quant")
-    _patch(flow, "program_size", "report: float size (save)")
-    _patch(flow, "signature_report", "report: signature")
+    _patch(report, "evaluate", "report: evaluate fake-quant")
+    _patch(report, "program_size", "report: float size (save)")
+    _patch(report, "signature_report", "report: signature")
     _patch(flow, "write_text", "write report + recipe")
     _patch(flow, "build", "build")
     status = _timed("cli main", cli.main)(argv)

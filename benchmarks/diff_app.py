@@ -1,4 +1,4 @@
-"""A Streamlit page drawing `ui.diff_view.linked_graphs` for a precomputed diff (benchmarks).
+"""A Streamlit page drawing the Diff page's `linked_graphs` for a precomputed diff (benchmarks).
 
 `WB_DIFF_PICKLE` names a pickle of (before view, after view, StageDiff) that
 `benchmarks.browser_graphs` wrote itself; the page skips the app's model loading, so a
@@ -15,7 +15,7 @@ from typing import cast
 
 import streamlit as st
 
-from ui.diff_view import linked_graphs
+from app_pages.diff import linked_graphs
 from ui.state import AppState
 from workbench.analysis.diff import StageDiff
 from workbench.graph.view import GraphView

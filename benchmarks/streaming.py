@@ -87,7 +87,7 @@ def main() -> None:
     count = -(-int(args.gib * 2**30) // BATCH_BYTES)
     os.environ[BATCHES_ENV] = str(count)
 
-    import workbench.stages.steps as pipeline
+    import workbench.stages.steps as steps
     from workbench.data.datasets import load_data
     from workbench.model.capture import capture
     from workbench.quantization.recipe import Recipe
@@ -99,14 +99,14 @@ def main() -> None:
     captured = capture(f"{relative}:strided_net")
     stage = prepare(captured, Recipe(mode="ptq"))
     seen = {"bytes": 0, "batches": 0}
-    call = pipeline.call
+    call = steps.call
 
     def counted_call(model: nn.Module, inputs: Any) -> Any:
         seen["bytes"] += sum(t.numel() * t.element_size() for t in inputs.tensors())
         seen["batches"] += 1
         return call(model, inputs)
 
-    pipeline.call = counted_call  # calibrate looks it up in its module at every batch
+    steps.call = counted_call  # calibrate looks it up in its module at every batch
     rss_before = _status("VmRSS")
     peak_reset = _reset_peak()
     hwm_before = _status("VmHWM")
@@ -115,7 +115,7 @@ def main() -> None:
     calibrated = calibrate(stage, data, batches=count)
     seconds = time.perf_counter() - start
     hwm_after, rss_after = _status("VmHWM"), _status("VmRSS")
-    pipeline.call = call
+    steps.call = call
     assert not calibrated.notes, calibrated.notes
     assert seen["batches"] == count, seen
     streamed = dict(seen)

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from . import attention_mlp, digits_cnn, mobilenet
-from ._weights import recorded_accuracy
+from ._weights import ACCURACY_FILE, recorded_accuracy, weights_path
 from .data import DigitsSplit, accuracy, load_digits_split
 
 BuildFn = Callable[..., tuple[nn.Module, tuple[torch.Tensor, ...]]]
 
 __all__ = [
+    "ACCURACY_FILE",
     "DEFAULT_SAMPLE",
     "SAMPLES",
     "DigitsSplit",
@@ -30,6 +31,7 @@ __all__ = [
     "build",
     "load_digits_split",
     "names",
+    "weights_path",
 ]
 
 

@@ -11,6 +11,17 @@ from torch import nn
 
 from .data import load_digits_split
 
+__all__ = [
+    "ACCURACY_FILE",
+    "NUM_EXAMPLES",
+    "WEIGHTS_DIR",
+    "finish_build",
+    "load_weights",
+    "read_accuracies",
+    "recorded_accuracy",
+    "weights_path",
+]
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 ACCURACY_FILE = WEIGHTS_DIR / "accuracy.json"
 NUM_EXAMPLES = 4

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+# Every command here runs in its own interpreter (a torch import each): whole suite only.
+pytestmark = pytest.mark.slow
+
 BAD_MODELS = Path(__file__).resolve().parent / "models" / "bad_models.py"
 
 # The internal-error path, triggered by replacing the inspect handler with one that crashes.

@@ -139,7 +139,7 @@ def test_limited_data_evaluates_on_exactly_the_first_samples() -> None:
 
 
 def test_limited_stream_stops_at_the_batch_that_reaches_the_limit(tmp_path: Path) -> None:
-    from workbench.data.datasets import InputSignature
+    from workbench.model.signature import InputSignature
 
     source = tmp_path / "stream.py"
     source.write_text(

@@ -19,6 +19,9 @@ import pytest
 
 from workbench.quantization.recipe import Recipe
 
+# Whole quantize runs in subprocesses: whole suite only.
+pytestmark = pytest.mark.slow
+
 ENGINE_DATA = Path(__file__).resolve().parent / "models" / "engine_data.py"
 WORKERS = 2
 

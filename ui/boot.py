@@ -7,51 +7,40 @@ note; a server-wide thread meanwhile imports the library, captures the model int
 `ui.state`'s caches and writes the cache entry. The script waits for that thread (checking
 for reruns as it waits) and then reruns into the normal app, which finds everything cached.
 
-Clicks on the cached graph are kept (`take_pending_click`) and applied once the model is
-loaded. This module imports only streamlit and light library modules: never torch.
+Clicks on the cached graph are kept (under `ui.startup.PENDING_KEY`) and applied once the
+model is loaded. This module imports only streamlit and light library modules: never torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 import threading
 import time
-from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
 
 from ui.graph_component import component
+from ui.startup import PENDING_KEY, startup_spec
 from workbench.drawing.viewcache import (
-    DEFAULT_SPEC,
     SCREEN_DEFAULT,
     CachedView,
     ViewCache,
     default_folder,
     entry_for,
-    last_spec,
     opening,
     view_key,
 )
 
+__all__ = ["GRAPH_PAGE", "PENDING_KEY", "STATE_KEY", "SWITCH", "Loader", "cold_start"]
+
 log = logging.getLogger(__name__)
 STATE_KEY = "workbench"  # ui.state.STATE_KEY: a session that has it is past its cold start
-PENDING_KEY = "workbench-boot-click"  # the node clicked on the cached graph
 GRAPH_PAGE = "Graph"
 SWITCH = "WORKBENCH_COLD_START"  # "off": every first run imports torch first (the old start)
 _BEAT_S = 0.25  # how often the waiting script lets Streamlit see a rerun (a click)
-
-
-def startup_spec(folder: Path) -> str:
-    """`--model` from the command line, else the workspace's last model, else the default."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--model", default=None)
-    known, _ = parser.parse_known_args(sys.argv[1:])
-    return str(known.model or last_spec(folder) or DEFAULT_SPEC)
 
 
 @dataclass
@@ -84,7 +73,7 @@ def _load(spec: str, cache: ViewCache) -> None:
     will ask for them, and write the view cache entry."""
     from ui import state
 
-    _, view = state._cached_capture(spec, None, (), state._file_stamp(spec))
+    view = state.captured_view(spec)
     rendered = opening(view)
     svg = state.svg_for(rendered.dot)
     key = view_key(spec, SCREEN_DEFAULT)
@@ -96,15 +85,6 @@ def _load(spec: str, cache: ViewCache) -> None:
 def _loader(spec: str, folder: str) -> Loader:
     """One loader per server, start-up model and workspace (`start` it)."""
     return Loader(spec, ViewCache(Path(folder) / "views"))
-
-
-def take_pending_click(nodes: Container[str]) -> str | None:
-    """What was clicked on the cached graph, once: a node of `nodes` (a GraphView) or a
-    group box or frame (`module/PATH`, `cluster/PATH`), which is selected, not expanded."""
-    clicked = st.session_state.pop(PENDING_KEY, None)
-    if not isinstance(clicked, str):
-        return None
-    return clicked if clicked in nodes or clicked.startswith(("module/", "cluster/")) else None
 
 
 def _ignore() -> None:

@@ -16,13 +16,25 @@ import streamlit as st
 
 from ui.jobs import live, outcome, rerun_when_ended, start_button
 from ui.state import AppState, Converted, Schedule, Tuned
-from workbench.analysis.compare import compare
+from workbench.artifacts.report import compare_stages
 from workbench.data.datasets import Dataset
 from workbench.jobs import Job
 from workbench.model.capture import CapturedModel
 from workbench.quantization.recipe import Recipe
-from workbench.stages.steps import calibrate, convert, exported_stage, prepare, trained_float
+from workbench.stages.stage import Stages
+from workbench.stages.steps import calibrate, convert, exported_stage, prepare
 from workbench.stages.training import QatRun
+
+__all__ = [
+    "calibrated_with",
+    "conversion_estimate",
+    "live_progress",
+    "offer_conversion",
+    "start_conversion",
+    "train_steps",
+    "trained_schedule",
+    "tuned_now",
+]
 
 
 def train_steps(job: Job[Any], run: QatRun, *, share: float = 1.0) -> None:
@@ -158,14 +170,9 @@ def start_conversion(state: AppState, tuned: Callable[[], Tuned] | None = None) 
             made = calibrated_with(job, captured, recipe, data, schedule.steps, schedule.batch_size,
                                schedule.eval_samples)  # fmt: skip
         job.progress(0.5 if source is None else 0.1, "convert_pt2e…")
-        converted = convert(made.tuned)
+        stages = Stages(teacher_stage, made.prepared, made.tuned, convert(made.tuned))
         job.progress(0.7, "measuring int8 against float…")
-        trained = made.tuned if made.tuned.name == "trained" else None
-        reference = trained_float(teacher_stage, trained) if trained is not None else None
-        comparison = compare(teacher_stage.graph_module, converted.graph_module, data,
-                             reference_gm=reference)  # fmt: skip
-        stages = {"exported": teacher_stage, "prepared": made.prepared,
-                  made.tuned.name: made.tuned, "converted": converted}  # fmt: skip
+        comparison = compare_stages(stages, data)
         if source is None and made.tuned.name == "calibrated":
             state.calibrated = made
         return Converted(recipe_json, stages, made.schedule, comparison)

@@ -22,6 +22,16 @@ from workbench.quantization.recipe import (
     validate,
 )
 
+__all__ = [
+    "CHOICES",
+    "INHERIT",
+    "adopt_recipe",
+    "bulk_editor",
+    "node_editor",
+    "recipe_choices",
+    "setting_form",
+]
+
 INHERIT = "(inherit)"
 CHOICES = {
     "weight_dtype": DTYPES,

@@ -5,7 +5,8 @@ Kept apart from `ui.graph_view` so a cold start can draw a cached SVG before tor
 
 - ``svg`` (str): the laid-out SVG; ``svg_key`` (str): its identity, a new key resets the view.
 - ``selected`` (str | None): id of the node outlined in red.
-- ``colors`` (dict[str, str] | None): fill per node id, applied without a new layout.
+- ``colors`` (dict[str, str] | None): fill per node id (an overlay's fills), applied without
+  a new layout; ids it leaves out keep the colour they were drawn with.
 - ``highlight`` (list[str]): ids outlined in blue (search matches).
 - ``center`` (str | None): id scrolled into the middle once per (center, svg_key).
 - ``height`` (str): CSS height of the box, e.g. ``"70vh"``.
@@ -22,6 +23,10 @@ id of the node clicked, or ``cluster/PATH`` when a frame's title was clicked.
 from __future__ import annotations
 
 import streamlit as st
+
+__all__ = [
+    "component",
+]
 
 _CSS = """
 .wb-graph { width: 100%; height: var(--wb-height, 70vh); overflow: hidden; cursor: grab;

@@ -1,33 +1,27 @@
-"""A zoomable, pannable Graphviz graph that reports which node was clicked (components v2)."""
+"""The graph the Graph and Diff pages draw: a zoomable, pannable Graphviz graph that reports
+which node was clicked, what a click on a module group does, and a colour legend.
+
+The component itself is `ui.graph_component`, kept apart (it imports only streamlit) so a cold
+start can draw a cached SVG before torch loads; this module lays graphs out through `ui.state`.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 import streamlit as st
 
 from ui.graph_component import component
 from ui.state import step, svg_for
-from workbench.analysis.sqnr import NodeError
-from workbench.drawing.dot import (
-    OPEN_COLLAPSED_ABOVE,
-    collapse_group,
-    expand_group,
-    format_shape,
-    max_depth,
-    opening_depth,
-    single_node_modules,
-)
-from workbench.drawing.overlays import sqnr_colours
-from workbench.graph.view import GraphView, NodeInfo
-from workbench.quantization.recipe import Effective
+from workbench.drawing.dot import collapse_group, expand_group, single_node_modules
+from workbench.graph.view import GraphView
 
-AUTO, EXPANDED = "auto", "expanded"
-DEPTH_HELP = (
-    f"auto: the whole graph up to {OPEN_COLLAPSED_ABOVE} nodes, else module groups (one box "
-    "each, with its node count; click one to expand it). A number: modules at that depth."
-)
+__all__ = [
+    "graph_view",
+    "group_click",
+    "groups_note",
+    "legend",
+]
 
 
 def _ignore() -> None:
@@ -39,15 +33,16 @@ def graph_view(
     *,
     key: str,
     selected: str | None = None,
-    colors: dict[str, str] | None = None,
+    colors: Mapping[str, str] | None = None,
     highlight: list[str] | None = None,
     center: str | None = None,
     height: str = "70vh",
 ) -> str | None:
     """Lay out `dot` and show it; returns the id of the node clicked in this rerun, if any.
 
-    `colors` recolours nodes in the browser (no new layout), `highlight` outlines search
-    matches and `center` scrolls one node (or frame `cluster/PATH`) into the middle once.
+    `colors` (an overlay's fills) recolours nodes in the browser (no new layout); without
+    them nodes keep the colours they were drawn with. `highlight` outlines search matches
+    and `center` scrolls one node (or frame `cluster/PATH`) into the middle once.
     A click on a frame's title returns `cluster/PATH`. A failed layout (no Graphviz) is an
     error box in the graph's place.
     """
@@ -58,22 +53,11 @@ def graph_view(
         return None
     data = {
         "svg": svg, "svg_key": f"{len(svg)}:{hash(svg)}", "selected": selected,
-        "colors": colors, "highlight": highlight or [], "center": center, "height": height,
+        "colors": dict(colors) if colors else None, "highlight": highlight or [],
+        "center": center, "height": height,
     }  # fmt: skip
     result = component(data=data, key=key, on_clicked_change=_ignore)
     return getattr(result, "clicked", None)
-
-
-def depth_options(view: GraphView) -> list[str | int]:
-    """The choices of the "Collapse modules at depth" slider."""
-    return [AUTO, EXPANDED, *range(1, max_depth(view) + 1)]
-
-
-def chosen_depth(view: GraphView, choice: str | int) -> int | None:
-    """The collapse depth a slider choice stands for (None: nothing collapsed)."""
-    if choice == AUTO:
-        return opening_depth(view)
-    return None if choice == EXPANDED else int(choice)
 
 
 def group_click(
@@ -100,32 +84,10 @@ def groups_note(text: str, expanded: bool, *, key: str) -> bool:
     return reset.button("Collapse all", disabled=not expanded, key=f"{key}-collapse-all")
 
 
-def sqnr_box_colours(
-    view: GraphView, errors: Iterable[NodeError], depth: int | None
-) -> dict[str, str]:
-    """SQNR colours of every box an expansion can show: groups at each depth, single nodes."""
-    depths = [None] if depth is None else [*range(depth, max_depth(view) + 1), None]
-    return {box: colour for d in depths for box, colour in sqnr_colours(view, errors, d).items()}
-
-
-def group_details(view: GraphView, box: str) -> None:
-    """The detail panel for a module group box (`module/PATH`) or frame (`cluster/PATH`)."""
-    kind, _, path = box.partition("/")
-    try:
-        module = view.module(path)
-    except KeyError:
-        st.caption("Click a node to see its details and edit how it is quantized.")
+def legend(colours: Mapping[str, str]) -> None:
+    """A one-line colour legend (an overlay's: label to colour); nothing when it is empty."""
+    if not colours:
         return
-    st.subheader(path)
-    st.markdown(f"**{module.type}** · {module.total_nodes:,} nodes")
-    if kind == "module":
-        st.caption("Collapsed: click the box to expand it.")
-    else:
-        st.caption("Expanded: click its frame's title (▾) to collapse it again.")
-
-
-def legend(colours: dict[str, str]) -> None:
-    """A one-line colour legend."""
     swatches = "".join(
         f'<span style="margin-right:1.2em"><span style="display:inline-block;width:0.9em;'
         f'height:0.9em;background:{colour};border:1px solid #888;margin-right:0.35em">'
@@ -133,42 +95,3 @@ def legend(colours: dict[str, str]) -> None:
         for label, colour in colours.items()
     )
     st.html(f'<div style="font-size:0.85em;font-family:sans-serif">{swatches}</div>')
-
-
-def node_details(
-    node: NodeInfo,
-    effective: Effective | None = None,
-    error: NodeError | None = None,
-    own_db: float | None = None,
-) -> None:
-    """The detail panel for one node: op, module, shapes, parameters, source, annotation,
-    and its int8 error once a model is converted."""
-    st.subheader(node.name)
-    st.markdown(f"**{node.op_name}** · `{node.target}` · family *{node.family}*")
-    if node.module:
-        st.markdown(f"Module `{node.module}` ({node.module_type})")
-    if node.shape is not None:
-        st.markdown(f"Output `{format_shape(node.shape)}` {node.dtype}")
-    for param in node.params:
-        st.markdown(f"- `{param.target}` {format_shape(param.shape)} {param.dtype}")
-    if node.inputs:
-        st.caption("Inputs: " + ", ".join(node.inputs))
-    if node.source:
-        st.caption(node.source)
-        if node.source_code:
-            st.code(node.source_code, language="python")
-    if effective is not None:
-        fields = effective.setting.fields_set()
-        summary = "keep float" if fields.get("keep_float") else (
-            ", ".join(f"{k} {v}" for k, v in fields.items()) or "backend defaults"
-        )  # fmt: skip
-        st.markdown(f"**Annotation:** {summary}  \n*from* `{effective.rule}`")
-    if error is not None:
-        db = f"{error.sqnr_db:.1f} dB" if math.isfinite(error.sqnr_db) else "exact"
-        against = f"`{error.reference}`" + (" (BatchNorm folded in)" if error.bn_folded else "")
-        output = "its quantized output" if error.quantized else "its output"
-        own = "" if own_db is None else (
-            f" · own {own_db:.1f} dB" if math.isfinite(own_db) else " · adds no error"
-        )  # fmt: skip
-        st.markdown(f"**SQNR {db}**{own} · max |error| {error.max_abs_error:.4g}  \n"
-                    f"{output} (`{error.compared}`) against float {against}")  # fmt: skip

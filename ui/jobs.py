@@ -17,6 +17,19 @@ from workbench.errors import WorkbenchError, first_line
 from workbench.jobs import Job
 from workbench.stages.estimate import about
 
+__all__ = [
+    "KEEPS_PARTIAL",
+    "NAMES",
+    "POLL_SECONDS",
+    "job_lines",
+    "live",
+    "outcome",
+    "recipe_conflict_box",
+    "rerun_when_ended",
+    "show_jobs",
+    "start_button",
+]
+
 KEEPS_PARTIAL = frozenset({"train", "sensitivity"})  # a stopped job of these keeps its work
 POLL_SECONDS = 0.5  # the sidebar panel (and a page's live view) redraws this often
 NAMES = {

@@ -20,8 +20,8 @@ from types import TracebackType
 import streamlit as st
 from streamlit.errors import FragmentHandledException
 
-from ui.boot import startup_spec as boot_startup_spec
-from ui.boot import take_pending_click
+from ui.startup import startup_spec as boot_startup_spec
+from ui.startup import take_pending_click
 from workbench.analysis.compare import Comparison
 from workbench.analysis.latency import Latency
 from workbench.analysis.sensitivity import SensitivityProgress
@@ -38,12 +38,30 @@ from workbench.quantization.quantizer import quantizable_nodes
 from workbench.quantization.recipe import Effective, Recipe, validate
 from workbench.stages.build import BuildResult
 from workbench.stages.estimate import Costs, Defaults, Estimates, choose_defaults
-from workbench.stages.steps import (
-    QatConfig,
-    Stage,
-    evaluate,
-)
-from workbench.stages.training import QatRun
+from workbench.stages.stage import Stage, Stages
+from workbench.stages.steps import evaluate
+from workbench.stages.training import QatConfig, QatRun
+
+__all__ = [
+    "DEFAULT_QAT_STEPS",
+    "STATE_KEY",
+    "AppState",
+    "Converted",
+    "Schedule",
+    "Step",
+    "Tuned",
+    "captured_view",
+    "get_state",
+    "load_model",
+    "loaded_state",
+    "parse_dynamic",
+    "show_bug",
+    "show_error",
+    "start_background_work",
+    "startup_spec",
+    "step",
+    "svg_for",
+]
 
 STATE_KEY = "workbench"
 DEFAULT_QAT_STEPS = 120
@@ -79,7 +97,7 @@ class Converted:
     """A model converted on the Train & convert page, how it was made and how it compares."""
 
     recipe_json: str
-    stages: dict[str, Stage]  # exported, prepared, calibrated | trained, converted
+    stages: Stages  # exported, prepared, calibrated | trained, converted
     schedule: Schedule
     comparison: Comparison
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -217,7 +235,7 @@ class AppState:
         current = self.current()
         return f"{self.spec}|{self.work_key()}|{current.uid}" if current is not None else ""
 
-    def stages(self) -> dict[str, Stage]:
+    def stages(self) -> Stages:
         """Exported, prepared, calibrated (PTQ) or trained (QAT) and converted: the stages
         of the model converted on Train & convert with the current recipe and data. Pages
         that need them check `current()` first; nothing is computed here."""
@@ -463,6 +481,12 @@ def _cached_capture(
 ) -> tuple[CapturedModel, GraphView]:
     captured = _capture(spec, input_shape=input_shape, dynamic=dynamic)
     return captured, describe(captured.graph_module(), stage="exported")
+
+
+def captured_view(spec: str) -> GraphView:
+    """The exported graph view of `spec` with no input options, from the capture cache that
+    `load_model` reads (the cold start fills it ahead of the first page)."""
+    return _cached_capture(spec, None, (), _file_stamp(spec))[1]
 
 
 def parse_dynamic(text: str) -> tuple[DimRequest, ...]:

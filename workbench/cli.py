@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from workbench.model.capture import CapturedModel
     from workbench.quantization.recipe import Recipe
 
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_OK", "main"]
+
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 log = logging.getLogger("workbench")
 

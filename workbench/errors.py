@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "CaptureError",
+    "InputShapeError",
+    "ModelSpecError",
+    "WorkbenchError",
+    "describe_value",
+    "first_line",
+]
+
 
 class WorkbenchError(Exception):
     """A failure caused by the user's input: the app shows it in an error box, the CLI exits 2.

@@ -21,6 +21,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from workbench.errors import WorkbenchError
 
+__all__ = ["Job", "JobStopped", "Jobs", "Status"]
+
 T = TypeVar("T")
 Status = Literal["running", "done", "stopped", "failed"]
 log = logging.getLogger(__name__)

@@ -15,15 +15,9 @@ from workbench.graph.view import GraphView
 from workbench.model.capture import CapturedModel
 from workbench.quantization.quantizer import quantizable_nodes
 from workbench.quantization.recipe import Override, QuantSetting, Recipe
-from workbench.stages.steps import (
-    QatConfig,
-    Stage,
-    calibrate,
-    convert,
-    exported_stage,
-    prepare,
-    train_qat,
-)
+from workbench.stages.stage import Stage
+from workbench.stages.steps import calibrate, convert, exported_stage, prepare
+from workbench.stages.training import QatConfig, train_qat
 
 KEEP_CONV2D_1 = Override("node", "conv2d_1", QuantSetting(keep_float=True))
 

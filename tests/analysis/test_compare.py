@@ -8,6 +8,7 @@ search and one 4-step QAT build through the CLI's `main` in-process.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -22,14 +23,13 @@ import pytest
 import torch
 from torch.fx import GraphModule
 
+from workbench.analysis import compare as compare_module
 from workbench.analysis.compare import (
     SQNR_BATCH,
     ActivationGrid,
     Comparison,
     activation_grid,
     compare,
-    own_sqnr,
-    sqnr_by_node,
     weight_channels,
     weight_nodes,
     worst_first,
@@ -41,9 +41,10 @@ from workbench.analysis.sensitivity import (
     iter_sensitivity,
     sensitivity,
 )
-from workbench.analysis.sqnr import NodeError, per_node_sqnr, record_outputs
+from workbench.analysis.sqnr import NodeError, own_sqnr, per_node_sqnr, record_outputs, sqnr_by_node
+from workbench.artifacts.report import reproduce_command
 from workbench.cli import _parser, main
-from workbench.data.datasets import Dataset
+from workbench.data.datasets import Batch, Dataset
 from workbench.drawing.charts import (
     activation_grid_figure,
     sensitivity_figure,
@@ -57,12 +58,16 @@ from workbench.drawing.overlays import (
     sqnr_colours,
     sqnr_legend,
 )
-from workbench.graph.view import GraphView, describe, readable_op
+from workbench.graph.nodes import readable_op
+from workbench.graph.view import GraphView, describe
 from workbench.model.capture import CapturedModel
+from workbench.model.signature import ModelInputs
 from workbench.quantization.editing import set_override
 from workbench.quantization.recipe import QuantSetting, Recipe
-from workbench.stages.build import build, reproduce_command
-from workbench.stages.steps import QatConfig, Stage, calibrate, convert, prepare, train_qat
+from workbench.stages.build import build
+from workbench.stages.stage import Stage
+from workbench.stages.steps import calibrate, convert, prepare
+from workbench.stages.training import QatConfig, train_qat
 
 BEST, GOOD, FAIR, POOR, WORST = (colour for _, _, colour in SQNR_BANDS)
 WEIGHT_NODES = ["conv2d", "conv2d_1", "conv2d_2", "conv2d_3", "linear"]
@@ -240,11 +245,45 @@ def test_compare_quality_and_errors(
     assert round(comparison.float_quality, 2) == 99.44
     assert abs(comparison.int8_quality - comparison.float_quality) <= 1.0
     (batch,) = comparison.inputs.tensors()
-    assert SQNR_BATCH == 256
-    assert batch.shape[0] == min(256, digits_data.eval_size) == 256
-    assert torch.equal(batch, digits_data.eval_inputs.args[0][:256])
+    assert batch.shape[0] == SQNR_BATCH < digits_data.eval_size
+    assert torch.equal(batch, digits_data.eval_inputs.args[0][:SQNR_BATCH])
     assert list(comparison.errors) == per_node_sqnr(float_gm, converted_gm, comparison.inputs)
     assert {e.exported for e in comparison.errors} >= set(WEIGHT_NODES) | {"relu_1", "add"}
+
+
+@pytest.mark.parametrize("loader_batch", [360, 100])
+def test_compare_measures_sqnr_once_on_the_first_batch_cut_to_sqnr_batch(
+    loader_batch: int,
+    float_gm: GraphModule,
+    converted_gm: GraphModule,
+    digits_data: Dataset,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Data that batches its own way (a user's loader ignores the batch size asked for):
+    per-node SQNR runs once, on the first batch, cut to SQNR_BATCH samples if larger."""
+    data = copy.copy(digits_data)
+
+    def own_batches(batch_size: int = 0) -> Iterator[Batch]:
+        del batch_size
+        return digits_data.eval_batches(loader_batch)
+
+    data.eval_batches = own_batches  # type: ignore[method-assign]
+    measured: list[ModelInputs] = []
+
+    def counting(float_gm: GraphModule, converted_gm: GraphModule, inputs: Any) -> Any:
+        measured.append(inputs)
+        return per_node_sqnr(float_gm, converted_gm, inputs)
+
+    monkeypatch.setattr(compare_module, "per_node_sqnr", counting)
+    comparison = compare(float_gm, converted_gm, data)
+    (inputs,) = measured
+    assert comparison.inputs is inputs
+    (batch,) = inputs.tensors()
+    samples = min(loader_batch, SQNR_BATCH)
+    assert batch.shape[0] == samples == (SQNR_BATCH if loader_batch > SQNR_BATCH else 100)
+    assert torch.equal(batch, digits_data.eval_inputs.args[0][:samples])
+    # Quality still covers the whole evaluation split, not just the SQNR batch.
+    assert comparison.float_quality == pytest.approx(100 * 358 / 360)
 
 
 # --- activation_grid -------------------------------------------------------------------------
@@ -645,7 +684,8 @@ def test_after_qat_the_sqnr_reference_is_the_trained_float_model(
     """QAT moves the float weights: compared with the float model carrying the trained
     weights, the int8 error is the quantization error alone, and larger SQNR than against the
     float model before training."""
-    from workbench.stages.steps import exported_stage, trained_float
+    from workbench.stages.stage import trained_float
+    from workbench.stages.steps import exported_stage
 
     model = captured["digits_cnn"]
     exported = exported_stage(model)

@@ -11,19 +11,15 @@ import torch
 from torch import nn
 
 from workbench.analysis.diff import KINDS, StageDiff, code_diff, diff_stages
+from workbench.artifacts.report import op_counts
 from workbench.drawing.diff import DIFF_COLOURS, diff_to_dot
+from workbench.graph.nodes import QDQ_OPS
 from workbench.graph.view import describe
 from workbench.model.capture import CapturedModel, ModelSpec, dynamic_dims, export_model
 from workbench.quantization.recipe import QuantSetting, Recipe
-from workbench.stages.build import QUANT_OPS, op_counts
-from workbench.stages.steps import (
-    QatConfig,
-    Stage,
-    convert,
-    exported_stage,
-    prepare,
-    train_qat,
-)
+from workbench.stages.stage import Stage
+from workbench.stages.steps import convert, exported_stage, prepare
+from workbench.stages.training import QatConfig, train_qat
 
 CONV_BN = {"conv2d": "batch_norm", "conv2d_1": "batch_norm_1", "conv2d_2": "batch_norm_2",
            "conv2d_3": "batch_norm_3"}  # fmt: skip
@@ -46,11 +42,11 @@ def diff(stages: dict[str, Stage], before: str, after: str) -> StageDiff:
 
 def added_qdq(d: StageDiff) -> dict[str, int]:
     return dict(sorted(Counter(c.op for c in d.changes
-                               if c.kind == "added" and c.op in QUANT_OPS).items()))  # fmt: skip
+                               if c.kind == "added" and c.op in QDQ_OPS).items()))  # fmt: skip
 
 
 def qdq_ops(gm: torch.fx.GraphModule) -> dict[str, int]:
-    return {op: n for op, n in op_counts(gm).items() if op in QUANT_OPS}
+    return {op: n for op, n in op_counts(gm).items() if op in QDQ_OPS}
 
 
 def test_qat_prepare_groups_each_batch_norm_with_its_conv(qat: dict[str, Stage]) -> None:
@@ -343,7 +339,7 @@ def test_code_diff(digits_ptq: dict[str, Stage]) -> None:
     assert text.startswith("--- before\n+++ after\n@@ ")
     added = [line for line in text.splitlines() if line.startswith("+") and "= torch.ops." in line]
     calls = Counter(re.search(r"torch\.ops\.\w+\.(\w+)\.", line)[1] for line in added)  # type: ignore[index]
-    assert {op: calls[op] for op in QUANT_OPS if calls[op]} == qdq_ops(after)
+    assert {op: calls[op] for op in QDQ_OPS if calls[op]} == qdq_ops(after)
     assert sum(line.startswith("-") and "activation_post_process" in line
                for line in text.splitlines()) >= 13  # fmt: skip
     assert code_diff(after, after) == ""

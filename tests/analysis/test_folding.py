@@ -11,15 +11,9 @@ from workbench.analysis.folding import FoldReport, fold_reports
 from workbench.model.capture import CapturedModel
 from workbench.model.signature import ModelInputs
 from workbench.quantization.recipe import Override, QuantSetting, Recipe
-from workbench.stages.steps import (
-    QatConfig,
-    Stage,
-    calibrate,
-    convert,
-    exported_stage,
-    prepare,
-    train_qat,
-)
+from workbench.stages.stage import Stage
+from workbench.stages.steps import calibrate, convert, exported_stage, prepare
+from workbench.stages.training import QatConfig, train_qat
 
 CONVS = ["conv2d", "conv2d_1", "conv2d_2", "conv2d_3"]
 BN_MODULES = ["stem.bn", "block1.bn1", "block1.bn2", "block2.bn"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_pages.recipe import table_key
 from ui.editor import adopt_recipe
-from ui.recipe_table import table_key
 from workbench.drawing.overlays import ANNOTATION_COLOURS
 from workbench.quantization.recipe import Recipe
 
@@ -287,8 +287,8 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
 
 
 def test_train_page_runs_qat_with_live_charts_converts_and_compares(workspace: Path) -> None:
+    from workbench.artifacts.report import op_counts
     from workbench.drawing.overlays import sqnr_colours
-    from workbench.stages.build import op_counts
 
     at = _open_qat("train")
     for key, value in (("qat-steps", 6), ("qat-batch", 32), ("qat-every", 3), ("qat-bn", 4),
@@ -357,8 +357,8 @@ def test_a_stopped_qat_run_converts_and_the_export_command_reproduces_it(
 
     import torch
 
-    from workbench.stages.steps import QatConfig, exported_stage, prepare
-    from workbench.stages.training import QatRun
+    from workbench.stages.steps import exported_stage, prepare
+    from workbench.stages.training import QatConfig, QatRun
 
     at = _open_qat("train")
     state = _state(at)
@@ -496,9 +496,9 @@ def test_a_checkpointed_run_resumes_in_a_new_session_to_the_uninterrupted_result
     a new session and ends bit-identical to an uninterrupted run."""
     import torch
 
-    from ui.training import _checkpoint_folder, _run_meta
-    from workbench.stages.steps import QatConfig, exported_stage, prepare, train_qat
-    from workbench.stages.training import QatRun
+    from app_pages.train import _checkpoint_folder, _run_meta
+    from workbench.stages.steps import exported_stage, prepare
+    from workbench.stages.training import QatConfig, QatRun, train_qat
 
     at = _open_qat("train")
     state = _state(at)
@@ -537,10 +537,10 @@ def test_export_page_measures_compiled_latency(
     tests/analysis/test_latency.py compiles with Inductor)."""
     import functools
 
-    import ui.exporting
     from workbench.analysis import latency
 
-    monkeypatch.setattr(ui.exporting, "measure_latency",
+    # The page imports measure_latency from the library on every run: it gets this one.
+    monkeypatch.setattr(latency, "measure_latency",
                         functools.partial(latency.measure_latency, backend="eager",
                                           repeats=2, warmup=0))  # fmt: skip
     at = _convert_from_here(_open("export"))

@@ -20,8 +20,8 @@ from workbench.drawing.charts import (
 )
 from workbench.model.capture import CapturedModel
 from workbench.quantization.recipe import Recipe
-from workbench.stages.steps import QatConfig, prepare
-from workbench.stages.training import QatRun
+from workbench.stages.steps import prepare
+from workbench.stages.training import QatConfig, QatRun
 
 
 @pytest.fixture(scope="module")

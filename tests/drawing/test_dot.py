@@ -14,7 +14,6 @@ from torch import nn
 
 from workbench.drawing.dot import (
     OPEN_COLLAPSED_ABOVE,
-    NodeOverlay,
     box_of,
     collapse_group,
     count_boxes,
@@ -28,6 +27,7 @@ from workbench.drawing.dot import (
     single_node_modules,
     to_dot,
 )
+from workbench.drawing.overlays import NodeOverlay
 from workbench.graph.view import GraphView, describe
 from workbench.model.capture import capture, dynamic_dims, export_model
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -12,10 +13,27 @@ import torch
 from torch import nn
 
 import sample_models
-from workbench.errors import CaptureError, InputShapeError, ModelSpecError, WorkbenchError
+from workbench.data.datasets import DataError, load_data
+from workbench.data.task import Task, TaskError
+from workbench.errors import CaptureError, InputShapeError, ModelSpecError
 from workbench.graph.view import describe
-from workbench.model.capture import CapturedModel, ModelSpec, capture, dynamic_dims, export_model
-from workbench.model.signature import ModelInputs
+from workbench.model.capture import (
+    CapturedModel,
+    DynamicDim,
+    ModelSpec,
+    capture,
+    dynamic_dims,
+    export_model,
+)
+from workbench.model.signature import InputSignature, ModelInputs
+from workbench.model.sources import (
+    EagerModel,
+    Pt2Source,
+    PythonFileSource,
+    SampleSource,
+    SavedProgram,
+    resolve,
+)
 
 # ---------------------------------------------------------------------------- ModelSpec.parse
 
@@ -56,10 +74,84 @@ def test_parse_rejects_non_specs(text: str) -> None:
 
 
 def test_model_spec_direct_python_needs_func() -> None:
-    with pytest.raises(ModelSpecError):
+    with pytest.raises(ModelSpecError) as err:
         ModelSpec("python", "net.py")
-    assert isinstance(ModelSpecError("p", "f"), WorkbenchError)
-    assert str(ModelSpecError("p", "f")) == "p\nFix: f"
+    assert err.value.problem == "net.py names a Python file but no factory function."
+    assert str(ModelSpec("python", "net.py", "build")) == "net.py:build"
+
+
+@pytest.mark.parametrize("text", ["net.py:", "net.pyc:f", "net.py:f:g", "data.txt:f"])
+def test_data_and_task_specs_reject_what_model_specs_reject(text: str) -> None:
+    # One parser reads path/to/file.py:FUNC for models, data and the task's functions.
+    signature = InputSignature(ModelInputs.of(torch.zeros(2, 3)))
+    with pytest.raises(ModelSpecError):
+        ModelSpec.parse(text)
+    with pytest.raises(DataError) as data_err:
+        load_data(text, signature)
+    assert data_err.value.problem == f"'{text}' is not a data spec."
+    with pytest.raises(TaskError) as task_err:
+        Task.load(loss=text)
+    assert task_err.value.problem == f"'{text}' does not name a loss function."
+
+
+# ---------------------------------------------------------------------------- model sources
+
+
+def test_resolve_names_a_source_and_loads_nothing(tmp_path: Path) -> None:
+    missing_py, missing_pt2 = tmp_path / "gone.py", tmp_path / "gone.pt2"
+    specs = ["sample:nope", f"{missing_py}:build", str(missing_pt2)]
+    sources = [resolve(spec) for spec in specs]
+    assert [type(s) for s in sources] == [SampleSource, PythonFileSource, Pt2Source]
+    assert [str(s.spec) for s in sources] == specs
+    # Nothing was read: each problem shows only when the source is loaded.
+    problems = []
+    for source in sources:
+        with pytest.raises(ModelSpecError) as err:
+            source.load()
+        problems.append(err.value.problem)
+    assert problems == [
+        "There is no sample model 'nope'.",
+        f"No such file: {missing_py}.",
+        f"No such file: {missing_pt2}.",
+    ]
+
+
+def test_eager_sources_build_without_exporting(bad_models: Path) -> None:
+    sample = resolve("sample:digits_cnn").load()
+    assert isinstance(sample, EagerModel)
+    assert type(sample.model).__name__ == "DigitsCNN" and not sample.model.training
+    assert sample.example_inputs is not None
+    assert [tuple(t.shape) for t in sample.example_inputs.tensors()] == [(4, 1, 8, 8)]
+    bare = resolve(f"{bad_models}:bare_linear").load()
+    assert isinstance(bare, EagerModel)
+    assert isinstance(bare.model, nn.Linear) and bare.example_inputs is None
+
+
+def test_pt2_source_reads_the_program_as_saved(
+    captured: dict[str, CapturedModel], digits_pt2: Path
+) -> None:
+    saved = resolve(str(digits_pt2)).load()
+    assert isinstance(saved, SavedProgram)
+    assert saved.parameters == ("x",)
+    assert saved.load_seconds > 0
+    original = captured["digits_cnn"]
+    torch.testing.assert_close(saved.example_inputs.args[0], original.example_inputs.args[0])
+    assert [n.name for n in saved.program.graph.nodes] == [
+        n.name for n in original.program.graph.nodes
+    ]
+
+
+def test_model_package_does_not_import_the_data_package() -> None:
+    # Data depends on the model's signature, never the other way round.
+    code = (
+        "import sys, workbench.model.capture, workbench.model.sources, workbench.model.program\n"
+        "print(sorted(m for m in sys.modules if m.startswith('workbench.data')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_unknown_sample() -> None:
@@ -96,6 +188,18 @@ def test_sample_capture_matches_eager_at_any_batch(
 def test_sample_range_of_batch_dim(captured: dict[str, CapturedModel]) -> None:
     constraints = captured["digits_cnn"].program.range_constraints.values()
     assert {(int(r.lower), int(r.upper)) for r in constraints} == {(1, 4096)}
+    assert captured["digits_cnn"].dynamic_dims == (DynamicDim("x", 0, "batch", 1, 4096),)
+
+
+def test_max_batch_bounds_the_batch_the_program_takes(bad_models: Path) -> None:
+    cap = capture(f"{bad_models}:mlp", max_batch=16)
+    assert cap.dynamic_dims == (DynamicDim("x", 0, "batch", 1, 16),)
+    assert cap.signature.dynamic == {("x", 0): 16}
+    module = cap.program.module()
+    with torch.no_grad():
+        assert module(torch.rand(16, 4)).shape == (16, 3)
+        with pytest.raises(AssertionError):
+            module(torch.rand(17, 4))
 
 
 # ------------------------------------------------------------------------- private storage

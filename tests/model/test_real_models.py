@@ -316,6 +316,7 @@ def test_the_exported_stage_keeps_keyword_inputs(bert: CapturedModel) -> None:
         assert type(out).__name__ == "SequenceClassifierOutput"
 
 
+@pytest.mark.slow
 def test_a_saved_hf_program_loads_in_a_fresh_process(bert: CapturedModel, tmp_path: Path) -> None:
     # torch.export.load needs the ModelOutput type registered: the loader imports transformers.
     import subprocess

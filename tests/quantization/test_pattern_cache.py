@@ -74,6 +74,7 @@ def _assert_identical(expected: GraphModule, got: GraphModule, x: torch.Tensor) 
     assert torch.equal(got(x), expected(x))
 
 
+@pytest.mark.slow  # `bare` converts every model with uncached torchao (about a minute)
 @pytest.mark.parametrize("mode", ["ptq", "qat"])
 @pytest.mark.parametrize("sample", [*SAMPLES, *EXTRA])
 def test_cached_convert_is_bit_identical(
@@ -102,6 +103,7 @@ def test_cached_convert_is_bit_identical(
     _assert_identical(bare[(sample, mode)], again, x)
 
 
+@pytest.mark.slow  # compares with `bare`: uncached torchao converts of every model
 def test_two_threads_converting_at_once(
     models: dict[str, CapturedModel],
     bare: dict[tuple[str, str], GraphModule],
@@ -172,6 +174,56 @@ def test_version_guard_when_modules_disagree(
     with caplog.at_level(logging.WARNING, logger="workbench.quantization.pattern_cache"):
         assert pc.install_pattern_cache() is None
     assert "hold different" in caplog.text
+
+
+@pytest.fixture
+def installed(no_cache: None) -> Iterator[Any]:
+    """`installed()` installs the cache; it is uninstalled again after the test."""
+    try:
+        yield pc.install_pattern_cache
+    finally:
+        pc.uninstall_pattern_cache()
+
+
+def test_installed_copies_match_torchao_sources(installed: Any) -> None:
+    cache = installed()
+    # Misses run the copied export body, and the copied conv helpers are installed.
+    assert cache is not None and not cache.strict and cache.skipping
+
+
+def test_source_guard_exports_strictly_when_torchao_changed(
+    installed: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(pc, "_EXPORT_SOURCE", "0" * 16)
+    with caplog.at_level(logging.WARNING, logger="workbench.quantization.pattern_cache"):
+        cache = installed()
+    assert cache is not None and cache.strict  # misses call torchao's own function
+    assert f"{pc._FUNCTION} changed" in caplog.text
+    calls: list[tuple[Any, ...]] = []
+    original = cache.original
+
+    def spy(*args: Any, **kwargs: Any) -> GraphModule:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "original", spy)
+    ao_utils._get_aten_graph_module_for_pattern(WrapperModule(torch.relu), (torch.randn(3),))
+    assert len(calls) == 1 and cache.stats.misses == 1
+
+
+def test_source_guard_keeps_torchao_helpers_when_they_changed(
+    installed: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torchao.quantization.pt2e.qat_utils as qat_utils
+
+    helper = qat_utils._fuse_conv_bn_qat_helper
+    key = ("torchao.quantization.pt2e.qat_utils", "_fuse_conv_bn_qat_helper")
+    monkeypatch.setitem(pc._REPLICATED_SOURCES, key, "0" * 16)
+    with caplog.at_level(logging.WARNING, logger="workbench.quantization.pattern_cache"):
+        cache = installed()
+    assert cache is not None and not cache.skipping
+    assert qat_utils._fuse_conv_bn_qat_helper is helper
+    assert "_fuse_conv_bn_qat_helper changed" in caplog.text
 
 
 def _closure_pattern(conv: Any, flag: bool) -> Any:

@@ -18,21 +18,15 @@ from torchao.quantization.pt2e import (
     PerChannelMinMaxObserver,
 )
 
+from workbench.artifacts.report import op_counts
 from workbench.data.datasets import Dataset
 from workbench.graph.view import describe
 from workbench.model.capture import CapturedModel
 from workbench.quantization.quantizer import exported_name, quantizable_nodes
 from workbench.quantization.recipe import Override, QuantSetting, Recipe
-from workbench.stages.build import op_counts
-from workbench.stages.steps import (
-    QatConfig,
-    Stage,
-    calibrate,
-    convert,
-    evaluate,
-    prepare,
-    train_qat,
-)
+from workbench.stages.stage import Stage
+from workbench.stages.steps import calibrate, convert, evaluate, prepare
+from workbench.stages.training import QatConfig, train_qat
 
 Q = torch.ops.quantized_decomposed
 QUANTIZE = (Q.quantize_per_tensor.default,)

@@ -21,6 +21,7 @@ from workbench.quantization.recipe import (
     QuantSetting,
     Recipe,
     RecipeError,
+    annotation_status,
     effective_settings,
     resolve,
     validate,
@@ -327,19 +328,42 @@ def test_readme_example_on_digits(view: GraphView) -> None:
     assert effective["conv2d_3"].setting == QuantSetting(observer="moving_average")
 
 
-def test_validate_accepts_what_the_model_has(view: GraphView) -> None:
-    validate(
-        Recipe(
-            overrides=(
-                rule("node", "conv2d_1", keep_float=True),
-                rule("module", "block1.conv1", weight_dtype="int4"),
-                rule("module", "block?", observer="minmax"),
-                rule("op", "conv", weight_granularity="per_tensor"),
-                rule("op", "adaptive_avg_pool2d", activation_dtype="int8"),
-            )
-        ),
-        view,
+def test_validate_accepts_a_rule_exactly_when_it_matches_a_node(view: GraphView) -> None:
+    accepted = [
+        (rule("node", "conv2d_1", keep_float=True), ["conv2d_1"]),
+        (rule("module", "block1.conv1", weight_dtype="int4"), ["conv2d_1"]),
+        (rule("module", "block?", observer="minmax"), BLOCK1 + BLOCK2),
+        (rule("op", "conv", weight_granularity="per_tensor"), CONVS),
+        (rule("op", "adaptive_avg_pool2d", activation_dtype="int8"), ["adaptive_avg_pool2d"]),
+    ]
+    validate(Recipe(overrides=tuple(o for o, _ in accepted)), view)  # raises nothing
+    for override, nodes in accepted:
+        assert _matched(Recipe(overrides=(override,)), view) == nodes
+        # The same rule matching nothing is refused, and it alone is named.
+        stray = Override(override.kind, override.pattern + "_x", override.setting)
+        with pytest.raises(RecipeError) as err:
+            validate(Recipe(overrides=(override, stray)), view)
+        assert err.value.problem.startswith(
+            "The recipe names what this model does not have: "
+            f"{override.kind} '{override.pattern}_x' ("
+        )
+        assert ";" not in err.value.problem
+
+
+def test_annotation_status_says_how_a_setting_was_decided(view: GraphView) -> None:
+    recipe = Recipe(
+        overrides=(
+            rule("node", "linear", keep_float=True),
+            rule("module", "block1", observer="minmax"),
+        )
     )
+    status = {n: annotation_status(e) for n, e in effective_settings(recipe, view).items()}
+    assert status["linear"] == "float"
+    assert [n for n, s in status.items() if s == "override"] == BLOCK1
+    assert {s for n, s in status.items() if n not in [*BLOCK1, "linear"]} == {"default"}
+    floated = resolve(Recipe(default=QuantSetting(keep_float=True)), view["conv2d"])
+    assert annotation_status(floated) == "float"  # keep_float decides, whichever rule set it
+    assert annotation_status(None) == "not quantized"  # a node without a setting
 
 
 # ---------------------------------------------------------------- bad input
@@ -435,6 +459,13 @@ def test_json_that_does_not_parse() -> None:
         ('{"overrides": {"node": "fc"}}', "overrides is not a list.", "[ {...}, {...} ]"),
         ('{"default": []}', "default is not an object.", '{"field": value, ...}'),
         ("[1, 2]", "The recipe is not a JSON object.", "Start it with {."),
+        ('{"backend": null}', "backend is null.", "Use one of: x86_inductor, xnnpack."),
+        ('{"mode": null}', "mode is null.", "Use one of: ptq, qat."),
+        (
+            '{"version": true}',
+            "The recipe has schema version True; this workbench reads version 1.",
+            'Set "version": 1',
+        ),
     ],
 )
 def test_bad_recipe(text: str, problem: str, fix: str) -> None:
@@ -488,18 +519,3 @@ def test_validate_names_every_problem(view: GraphView) -> None:
         "The recipe names what this model does not have: node 'linear_9' (closest: linear); "
         "module 'block3' (closest: block2, block1, block2.bn)."
     )
-
-
-def test_null_backend_is_a_recipe_error() -> None:
-    err = _error('{"backend": null}')
-    assert "backend" in err.problem
-
-
-def test_null_mode_is_a_recipe_error() -> None:
-    err = _error('{"mode": null}')
-    assert "mode" in err.problem
-
-
-def test_boolean_version_is_a_recipe_error() -> None:
-    err = _error('{"version": true}')
-    assert "version" in err.problem

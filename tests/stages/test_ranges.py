@@ -9,7 +9,8 @@ from workbench.data.datasets import load_data
 from workbench.model.capture import CapturedModel
 from workbench.quantization.recipe import Recipe
 from workbench.stages.ranges import FIELDS, RangeRecorder, fake_quantizers
-from workbench.stages.steps import QatConfig, prepare, train_qat
+from workbench.stages.steps import prepare
+from workbench.stages.training import QatConfig, train_qat
 
 
 def _snapshot(model: torch.fx.GraphModule, names: list[str]) -> dict[str, torch.Tensor]:

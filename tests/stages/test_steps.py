@@ -19,24 +19,15 @@ from torch.fx import GraphModule
 
 import sample_models
 from workbench.artifacts.export import program_for, program_size, save_program
+from workbench.artifacts.report import op_counts
 from workbench.data.datasets import DataError, Dataset, load_data
 from workbench.graph.view import describe
 from workbench.model.capture import CapturedModel, capture
 from workbench.quantization.quantizer import quantizable_nodes
 from workbench.quantization.recipe import Recipe
-from workbench.stages.build import op_counts
-from workbench.stages.steps import (
-    QatConfig,
-    Stage,
-    TrainingError,
-    calibrate,
-    convert,
-    evaluate,
-    exported_stage,
-    prepare,
-    run,
-    train_qat,
-)
+from workbench.stages.stage import Stage
+from workbench.stages.steps import calibrate, convert, evaluate, exported_stage, prepare, run
+from workbench.stages.training import QatConfig, TrainingError, train_qat
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 ENGINE_MODELS = MODELS_DIR / "engine_models.py"

@@ -15,17 +15,16 @@ from workbench.data.datasets import Batch, Dataset, TensorDataset
 from workbench.errors import WorkbenchError
 from workbench.model.capture import CapturedModel
 from workbench.quantization.recipe import Recipe
-from workbench.stages.steps import (
+from workbench.stages.stage import Stage
+from workbench.stages.steps import convert, evaluate, prepare
+from workbench.stages.training import (
+    CHECKPOINT_NAME,
     QatConfig,
-    Stage,
+    QatRun,
     TrainingError,
-    convert,
-    evaluate,
     freeze_bn_,
-    prepare,
     train_qat,
 )
-from workbench.stages.training import CHECKPOINT_NAME, QatRun
 
 CONFIG = QatConfig(steps=6, freeze_bn_step=2, freeze_observer_step=4, eval_every=2)
 
@@ -64,6 +63,7 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True, msg=key)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_uninterrupted_result(
     qat_stage: Stage, digits_data: Dataset, tmp_path: Path
 ) -> None:
@@ -74,7 +74,7 @@ def test_resume_gives_the_uninterrupted_result(
     assert whole.losses.tolist() == losses
     trained = whole.stage()
     assert_same_state(whole.model.state_dict(), reference.state_dict())
-    # pipeline.train_qat is one uninterrupted run.
+    # train_qat is one uninterrupted run.
     assert_same_state(train_qat(qat_stage, digits_data, CONFIG).graph_module.state_dict(),
                       trained.graph_module.state_dict())  # fmt: skip
 

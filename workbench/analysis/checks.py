@@ -27,14 +27,16 @@ from typing import Any
 
 from torch.fx import GraphModule, Node
 
-from workbench.analysis.sqnr import (
-    _exported_graph_id,
-    _is_batch_norm,
-    _is_dequantize,
-    _is_quantize,
-    _root,
+from workbench.graph.nodes import (
+    get_attr_value,
+    is_batch_norm,
+    is_dequantize,
+    is_get_attr,
+    is_quantize,
+    readable_op,
 )
-from workbench.graph.view import HIDDEN_MODULES, GraphView, op_family, readable_op
+from workbench.graph.provenance import conv_before, exported_graph_id, node_source
+from workbench.graph.view import HIDDEN_MODULES, GraphView, op_family
 from workbench.quantization.recipe import Effective
 
 __all__ = ["KINDS", "SEVERITY", "Finding", "check_converted"]
@@ -104,16 +106,16 @@ def _unfolded_batch_norms(
     exported_bn = {p.target: n.name for n in view.nodes if n.family == "norm" for p in n.params}
     findings = []
     for node in gm.graph.nodes:
-        if not _is_batch_norm(node):
+        if not is_batch_norm(node):
             continue
         weight = node.args[1] if len(node.args) > 1 else None
         target = str(weight.target) if isinstance(weight, Node) else ""
         exported = exported_bn.get(target, node.name)
-        conv = _conv_before(node, _exported_graph_id(gm))
+        conv = conv_before(node, exported_id=exported_graph_id(gm))
         if conv is None:
             why = "no conv precedes it"
         else:
-            conv_name = str(_root(conv)[0])
+            conv_name = node_source(conv).name
             eff = effective.get(conv_name)
             reason = f"kept float by {eff.rule}" if eff and eff.setting.keep_float else "float"
             why = (
@@ -127,27 +129,19 @@ def _unfolded_batch_norms(
     return findings
 
 
-def _conv_before(bn: Node, exported_id: Any) -> Node | None:
-    """The exported-graph conv a batch_norm reads, through QAT's fusion helper nodes."""
-    current = bn.args[0] if bn.args else None
-    for _ in range(8):
-        if not isinstance(current, Node) or current.op != "call_function":
-            return None
-        if _root(current)[1] == exported_id and "conv" in readable_op(current):
-            return current
-        current = current.args[0] if current.args else None
-    return None
-
-
 def _runs_in_float(
     gm: GraphModule, view: GraphView, effective: dict[str, Effective]
 ) -> list[Finding]:
-    exported_id = _exported_graph_id(gm)
+    exported_id = exported_graph_id(gm)
     by_root: dict[str, list[Node]] = {}
     for node in gm.graph.nodes:
-        name, graph_id = _root(node)
-        if node.op == "call_function" and graph_id == exported_id and not _is_qdq_node(node):
-            by_root.setdefault(str(name), []).append(node)
+        source = node_source(node)
+        if (
+            node.op == "call_function"
+            and source.graph_id == exported_id
+            and not (is_quantize(node) or is_dequantize(node))
+        ):
+            by_root.setdefault(source.name, []).append(node)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     findings: list[tuple[int, Finding]] = []
     for name, eff in effective.items():
@@ -161,14 +155,14 @@ def _runs_in_float(
         node = (same_op or candidates)[-1]
         if info.family in ("conv", "linear") and info.params:
             weight = node.args[1] if len(node.args) > 1 else None
-            if isinstance(weight, Node) and _is_dequantize(weight):
+            if isinstance(weight, Node) and is_dequantize(weight):
                 continue
             shown = weight.name if isinstance(weight, Node) else repr(weight)
             message = (f"{name} ({node.name}) should be quantized ({eff.rule}), but its weight "
                        f"{shown} is float.")  # fmt: skip
         else:
-            fed = any(_is_dequantize(a) for a in node.all_input_nodes)
-            if fed or any(_is_quantize(u) for u in node.users) or _fused_behind(node):
+            fed = any(is_dequantize(a) for a in node.all_input_nodes)
+            if fed or any(is_quantize(u) for u in node.users) or _fused_behind(node):
                 continue
             message = (f"{name} ({node.name}) should be quantized ({eff.rule}), but no "
                        "dequantize feeds it and its output is not quantized.")  # fmt: skip
@@ -189,27 +183,23 @@ def _fused_behind(node: Node) -> bool:
             producer.op == "call_function"
             and op_family(producer) in ("conv", "linear")
             and isinstance(weight, Node)
-            and _is_dequantize(weight)
+            and is_dequantize(weight)
         ):
             return True
     return False
 
 
-def _is_qdq_node(node: Node) -> bool:
-    return _is_quantize(node) or _is_dequantize(node)
-
-
 def _dangling_qdq(gm: GraphModule) -> list[Finding]:
     findings = []
     for node in gm.graph.nodes:
-        if _is_quantize(node):
-            others = [u.name for u in node.users if not _is_dequantize(u)]
+        if is_quantize(node):
+            others = [u.name for u in node.users if not is_dequantize(u)]
             if not node.users or others:
                 readers = ", ".join(others) if others else "nothing"
                 findings.append(Finding("dangling_qdq", node.name,
                                         f"{node.name} is read by {readers}, not by a "
                                         "dequantize."))  # fmt: skip
-        elif _is_dequantize(node) and not node.users:
+        elif is_dequantize(node) and not node.users:
             message = f"{node.name} dequantizes a tensor nothing reads."
             findings.append(Finding("dangling_qdq", node.name, message))
     return findings
@@ -220,7 +210,7 @@ def _scale_mismatches(gm: GraphModule) -> list[Finding]:
     for node in gm.graph.nodes:
         if node.op != "call_function" or readable_op(node) not in _SHARED_SCALE_OPS:
             continue
-        inputs = [a for a in node.all_input_nodes if _is_dequantize(a)]
+        inputs = [a for a in node.all_input_nodes if is_dequantize(a)]
         params = {a.name: _scale_zero_point(gm, a) for a in inputs}
         if len(inputs) < 2 or len(set(params.values())) < 2:
             continue
@@ -234,14 +224,13 @@ def _scale_mismatches(gm: GraphModule) -> list[Finding]:
 
 
 def _scale_zero_point(gm: GraphModule, dq: Node) -> tuple[float, int]:
-    scale, zero_point = (_value(gm, a) for a in dq.args[1:3])
+    scale, zero_point = (_scalar(gm, a) for a in dq.args[1:3])
     return float(scale), int(zero_point)
 
 
-def _value(gm: GraphModule, arg: Any) -> Any:
-    if isinstance(arg, Node) and arg.op == "get_attr":
-        value = gm
-        for part in str(arg.target).split("."):
-            value = getattr(value, part)
-        return value.flatten()[0].item() if value.numel() == 1 else float("nan")
-    return arg
+def _scalar(gm: GraphModule, arg: Any) -> Any:
+    """A scale or zero point as a number: one-element get_attr tensors are read from `gm`."""
+    if not is_get_attr(arg):
+        return arg
+    value = get_attr_value(gm, arg)
+    return value.flatten()[0].item() if value.numel() == 1 else float("nan")

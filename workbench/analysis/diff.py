@@ -6,8 +6,8 @@ equal keys on both sides are the same computation.
 
 - Placeholders and the output: by name. get_attr nodes: by target (`stem.conv.weight`).
   Observer / fake-quant modules: by module name (`activation_post_process_3`).
-- Ops of the exported graph: by provenance root, the rule of `workbench.analysis.sqnr` (the end
-  of `meta["from_node"]`, compared with the stage's own exported graph id). QAT renames
+- Ops of the exported graph: by provenance root (`workbench.graph.provenance.node_source`,
+  the end of `meta["from_node"]`), compared with the stage's own exported graph id. QAT renames
   conv2d_1 to conv2d_5 (prepare) and conv2d_8 (convert); the root stays `conv2d_1`.
 - batch_norm: by the BN weight it reads (`block1.bn1.weight`). QAT's train/eval switch
   re-creates the node from a torchao pattern graph, so its provenance root changes.
@@ -45,12 +45,26 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.fx.node import map_aggregate
 
-from workbench.analysis.sqnr import _exported_graph_id, _is_batch_norm, _is_qdq, _root
+from workbench.graph.nodes import (
+    QUANT_OPS,
+    call_arguments,
+    get_attr_value,
+    is_batch_norm,
+    is_batch_norm_op,
+    is_get_attr,
+    is_qdq,
+    param_owner,
+    qdq_dtype,
+    qdq_scheme,
+)
+from workbench.graph.provenance import exported_graph_id, node_source
 from workbench.graph.view import NodeInfo, describe
 
 __all__ = [
     "KINDS",
+    "ChangeKind",
     "NodeChange",
+    "Side",
     "StageDiff",
     "code_diff",
     "diff_stages",
@@ -60,7 +74,7 @@ ChangeKind = Literal["unchanged", "renamed", "rewritten", "added", "removed"]
 Side = Literal["before", "after"]
 KINDS: tuple[str, ...] = ("unchanged", "renamed", "rewritten", "added", "removed")
 
-Key = tuple[Any, ...]
+_Key = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -158,10 +172,10 @@ class StageDiff:
 def _group_notes(group: str, members: list[NodeChange]) -> list[str]:
     """Folded batch_norms, fusion helpers added or removed, the weight's new form."""
     notes: list[str] = []
-    anchor = next((c for c in members if c.origin == group and c.op not in _QUANT_OPS
+    anchor = next((c for c in members if c.origin == group and c.op not in QUANT_OPS
                    and c.kind not in ("added", "removed")), None)  # fmt: skip
     for c in members:
-        if c.op in _BN_OPS and c.kind == "removed":
+        if is_batch_norm_op(c.op) and c.kind == "removed":
             label = c.origin or c.before
             notes.append(f"{label} folded" if anchor is not None else f"{label} removed")
     helpers = Counter(c.kind for c in members if c.detail.startswith(_HELPER_DETAIL))
@@ -176,12 +190,6 @@ def _group_notes(group: str, members: list[NodeChange]) -> list[str]:
     return notes
 
 
-_QUANT_OPS = frozenset(
-    {"quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel",
-     "dequantize_per_channel", "choose_qparams"}
-)  # fmt: skip
-_BN_OPS = frozenset({"batch_norm", "_native_batch_norm_legit_no_training",
-                     "_native_batch_norm_legit", "native_batch_norm"})  # fmt: skip
 _HELPER_DETAIL = "fusion helper"
 
 
@@ -195,7 +203,7 @@ class _Entry:
     origin: str | None
     param_derived: bool
     group: str | None = None
-    key: Key = ()
+    key: _Key = ()
     module: str = ""
 
 
@@ -205,7 +213,7 @@ class _SideGraph:
     def __init__(self, gm: GraphModule, stage: str) -> None:
         self.gm = gm
         self.view = describe(gm, stage=stage)
-        self.exported_id = _exported_graph_id(gm)
+        self.exported_id = exported_graph_id(gm)
         nodes = [n for n in gm.graph.nodes if n.name in self.view]
         self.order = {n.name: i for i, n in enumerate(nodes)}
         self.entries: dict[str, _Entry] = {}
@@ -235,11 +243,11 @@ class _SideGraph:
             return "param"
         if node.op == "call_module":
             return "observer"
-        if _is_qdq(node):
+        if is_qdq(node):
             return "qdq"
-        if _is_batch_norm(node):
+        if is_batch_norm(node):
             return "bn"
-        if param_derived or _root(node)[1] != self.exported_id:
+        if param_derived or node_source(node).graph_id != self.exported_id:
             return "helper"
         return "op"
 
@@ -248,8 +256,8 @@ class _SideGraph:
             return str(node.target)
         if node.op == "call_module":
             return None
-        name, graph_id = _root(node)
-        return str(name) if graph_id == self.exported_id else None
+        source = node_source(node)
+        return source.name if source.graph_id == self.exported_id else None
 
     def _assign_groups(self, nodes: list[Node]) -> None:
         # Backward pass: ops, batch_norms and everything that reads activations.
@@ -296,17 +304,17 @@ class _SideGraph:
         return entry.origin or entry.node.name
 
     def _assign_keys(self, nodes: list[Node]) -> None:
-        seen: Counter[Key] = Counter()
+        seen: Counter[_Key] = Counter()
         for node in nodes:
             entry = self.entries[node.name]
-            base: Key
+            base: _Key
             if entry.role == "io":
                 base = ("io", node.name)
             elif entry.role == "param":
                 base = ("param", str(node.target))
             elif entry.role == "observer":
                 base = ("module", str(node.target))
-            elif entry.role == "bn" and len(node.args) > 1 and _is_get_attr(node.args[1]):
+            elif entry.role == "bn" and len(node.args) > 1 and is_get_attr(node.args[1]):
                 base = ("bn", str(node.args[1].target))  # type: ignore[union-attr]
             elif entry.role == "op":
                 base = ("node", entry.origin)
@@ -323,9 +331,9 @@ class _SideGraph:
             if entry.role == "io":
                 entry.module = ""
                 continue
-            module = _owner(node)
-            if entry.role == "bn" and len(node.args) > 1 and _is_get_attr(node.args[1]):
-                module = _owner(node.args[1])  # type: ignore[arg-type]
+            module = param_owner(node)
+            if entry.role == "bn" and len(node.args) > 1 and is_get_attr(node.args[1]):
+                module = param_owner(node.args[1])
             if entry.role not in ("param", "bn"):
                 module = entry.info.module
             if not module and entry.group is not None:
@@ -345,24 +353,12 @@ class _SideGraph:
             node, steps = node.args[0], steps + 1
         return node
 
-    def tensor(self, target: str) -> Any:
-        value: Any = self.gm
-        for part in target.split("."):
-            value = getattr(value, part, None)
-            if value is None:
-                return None
-        return value
-
-
-def _owner(node: Node) -> str:
-    """The module that owns a get_attr's tensor (`stem.bn` for `stem.bn.weight`)."""
-    if node.op != "get_attr":
-        return ""
-    return str(node.target).rpartition(".")[0]
-
-
-def _is_get_attr(value: Any) -> bool:
-    return isinstance(value, Node) and value.op == "get_attr"
+    def value(self, node: Node) -> Any:
+        """The tensor or module a get_attr or call_module node names (None where nothing is)."""
+        try:
+            return get_attr_value(self.gm, node)
+        except AttributeError:
+            return None
 
 
 def diff_stages(
@@ -393,11 +389,9 @@ def _matched(a: _Entry, b: _Entry, left: _SideGraph, right: _SideGraph) -> NodeC
         notes.append(f"op {a.info.op_name} -> {b.info.op_name}")
     notes.extend(_input_changes(a, b, left, right))
     if a.role == "param":
-        notes.extend(_tensor_change(left.tensor(str(a.node.target)),
-                                    right.tensor(str(b.node.target))))  # fmt: skip
+        notes.extend(_tensor_change(left.value(a.node), right.value(b.node)))
     elif a.role == "observer":
-        notes.extend(_state_change(left.tensor(str(a.node.target)),
-                                   right.tensor(str(b.node.target))))  # fmt: skip
+        notes.extend(_state_change(left.value(a.node), right.value(b.node)))
     renamed = a.node.name != b.node.name
     if notes:
         kind: ChangeKind = "rewritten"
@@ -494,21 +488,11 @@ def _quant_state(node: Node, side: _SideGraph) -> str:
     if entry is None:
         return "float"
     if entry.role == "observer":
-        module = side.tensor(str(node.target))
+        module = side.value(node)
         return "fake-quantized" if "FakeQuant" in type(module).__name__ else "observed"
     if entry.role == "qdq":
-        params = _qdq_params(node)
-        dtype = str(params.get("dtype", "")).removeprefix("torch.")
-        scheme = "per-channel" if "per_channel" in entry.info.op_name else "per-tensor"
-        return f"{dtype} {scheme}".strip()
+        return qdq_scheme(node)
     return "float"
-
-
-def _qdq_params(node: Node) -> dict[str, Any]:
-    """A q/dq node's arguments by schema name (scale, zero_point, quant_min, dtype, ...)."""
-    schema = getattr(node.target, "_schema", None)
-    names = [a.name for a in schema.arguments] if schema is not None else []
-    return {**dict(zip(names, node.args, strict=False)), **node.kwargs}
 
 
 def _tensor_change(x: Any, y: Any) -> list[str]:
@@ -560,11 +544,11 @@ def _removed(entry: _Entry, side: _SideGraph, other: _SideGraph) -> NodeChange:
 def _node_detail(entry: _Entry, side: _SideGraph) -> str:
     node = entry.node
     if entry.role == "observer":
-        module = side.tensor(str(node.target))
+        module = side.value(node)
         return f"{type(module).__name__} on {side.source(node).name}"
     if entry.role == "qdq":
-        params = _qdq_params(node)
-        dtype = str(params.get("dtype", "")).removeprefix("torch.")
+        params = call_arguments(node)
+        dtype = qdq_dtype(node)
         scale = params.get("scale")
         where = side.source(node).name
         if isinstance(scale, float):
@@ -575,7 +559,7 @@ def _node_detail(entry: _Entry, side: _SideGraph) -> str:
     if entry.role == "helper":
         return f"{_HELPER_DETAIL} of {entry.group}" if entry.group else "helper"
     if entry.role == "param":
-        value = side.tensor(str(node.target))
+        value = side.value(node)
         return _describe_tensor(value) if isinstance(value, torch.Tensor) else ""
     return ""
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,15 +38,20 @@ from torch.fx import GraphModule, Node
 from torch.fx.node import map_arg
 from torchao.quantization.pt2e import disable_observer
 
-from workbench.analysis.sqnr import (
-    _bn_output,
-    _exported_graph_id,
-    _is_batch_norm,
-    _is_dequantize,
-    _root,
-    record_outputs,
+from workbench.analysis.sqnr import record_outputs
+from workbench.graph.nodes import (
+    bn_output,
+    call_arguments,
+    get_attr_value,
+    is_batch_norm,
+    is_dequantize,
+    is_get_attr,
+    param_owner,
+    qdq_scheme,
+    readable_op,
 )
-from workbench.graph.view import op_family, readable_op
+from workbench.graph.provenance import conv_before, exported_graph_id, node_source
+from workbench.graph.view import op_family
 from workbench.model.signature import ModelInputs
 
 __all__ = ["FoldReport", "fold_reports"]
@@ -95,26 +99,30 @@ def fold_reports(
     conv's output; a prepared QAT graph still normalises with batch statistics there, the
     trained stage (moved to eval) with running ones. Neither graph module is changed.
     """
-    source_id = _exported_graph_id(source)
-    converted_id = _exported_graph_id(converted)
+    source_id = exported_graph_id(source)
+    converted_id = exported_graph_id(converted)
     converted_convs: dict[str, list[Node]] = {}
     for node in converted.graph.nodes:
-        name, graph_id = _root(node)
-        if graph_id == converted_id and node.op == "call_function" and op_family(node) == "conv":
-            converted_convs.setdefault(str(name), []).append(node)
+        root = node_source(node)
+        if (
+            root.graph_id == converted_id
+            and node.op == "call_function"
+            and op_family(node) == "conv"
+        ):
+            converted_convs.setdefault(root.name, []).append(node)
     kept_bn = {str(n.args[1].target) for n in converted.graph.nodes
-               if _is_batch_norm(n) and len(n.args) > 1 and _is_get_attr(n.args[1])}  # fmt: skip
+               if is_batch_norm(n) and len(n.args) > 1 and is_get_attr(n.args[1])}  # fmt: skip
 
     pairs: list[tuple[Node, Node, Node]] = []
     for bn in source.graph.nodes:
-        if not _is_batch_norm(bn):
+        if not is_batch_norm(bn):
             continue
-        conv = _conv_before(bn)
-        bn_args = _by_schema(bn)
+        conv = conv_before(bn, through_observers=True)
+        bn_args = call_arguments(bn)
         weight = bn_args.get("weight")
-        if conv is None or (_is_get_attr(weight) and str(weight.target) in kept_bn):
+        if conv is None or (is_get_attr(weight) and str(weight.target) in kept_bn):
             continue
-        candidates = converted_convs.get(str(_root(conv)[0]), [])
+        candidates = converted_convs.get(node_source(conv).name, [])
         if candidates:
             pairs.append((bn, conv, candidates[-1]))
     if not pairs:
@@ -125,7 +133,7 @@ def fold_reports(
     reports = []
     for bn, conv, converted_conv in pairs:
         report = _report(source, converted, bn, conv, converted_conv, source_id)
-        reference = source_values.get(_bn_output(bn).name)
+        reference = source_values.get(bn_output(bn).name)
         output = converted_values.get(converted_conv.name)
         error = math.nan
         if isinstance(reference, torch.Tensor) and isinstance(output, torch.Tensor):
@@ -140,9 +148,9 @@ def _report(
     bn: Node,
     conv: Node,
     converted_conv: Node,
-    source_id: Any,
+    source_id: int,
 ) -> FoldReport:
-    bn_args = _by_schema(bn)
+    bn_args = call_arguments(bn)
     weight = _tensor(source, _param_behind(conv.args[1])).double()
     channels = weight.shape[0]
     gamma = _optional(source, bn_args.get("weight"), torch.ones(channels))
@@ -174,15 +182,14 @@ def _report(
     converted_bias = converted_conv.args[2] if len(converted_conv.args) > 2 else None
     b_conv = (
         _tensor(converted, converted_bias).double()
-        if _is_get_attr(converted_bias)
+        if is_get_attr(converted_bias)
         else torch.zeros(channels).double()
     )
-    bn_name, bn_graph = _root(bn)
-    weight_node = bn_args.get("weight")
+    bn_source = node_source(bn)
     return FoldReport(
-        conv=str(_root(conv)[0]),
-        bn=str(bn_name) if bn_graph == source_id else bn.name,
-        bn_module=str(weight_node.target).rpartition(".")[0] if _is_get_attr(weight_node) else "",
+        conv=node_source(conv).name,
+        bn=bn_source.name if bn_source.graph_id == source_id else bn.name,
+        bn_module=param_owner(bn_args.get("weight")),
         converted_conv=converted_conv.name,
         max_weight_error=float(per_channel.max()),
         bound=float(bounds.max()),
@@ -214,18 +221,16 @@ class _ConvertedWeight:
 
 def _converted_weight(gm: GraphModule, node: Any, channels: int) -> _ConvertedWeight:
     zeros = torch.zeros(channels, dtype=torch.float64)
-    if isinstance(node, Node) and _is_dequantize(node):
+    if isinstance(node, Node) and is_dequantize(node):
         args = map_arg(node.args, lambda n: _tensor(gm, n))
         kwargs = map_arg(dict(node.kwargs), lambda n: _tensor(gm, n))
         weight = node.target(*args, **kwargs)  # type: ignore[operator]
-        params = _by_schema(node, args, kwargs)
+        params = call_arguments(node, args, kwargs)
         scale = _per_channel(params.get("scales", params.get("scale")), channels)
         zero_point = _per_channel(params.get("zero_points", params.get("zero_point")), channels)
-        dtype = str(params.get("dtype", "")).removeprefix("torch.")
-        granularity = "per-channel" if "per_channel" in readable_op(node) else "per-tensor"
         return _ConvertedWeight(
             weight, scale, zero_point, int(params["quant_min"]), int(params["quant_max"]),
-            f"{dtype} {granularity}",
+            qdq_scheme(node),
         )  # fmt: skip
     return _ConvertedWeight(_tensor(gm, _param_behind(node)), zeros, zeros, 0, 0, "float")
 
@@ -235,22 +240,10 @@ def _per_channel(value: Any, channels: int) -> torch.Tensor:
     return tensor.expand(channels).clone() if tensor.numel() == 1 else tensor
 
 
-def _conv_before(bn: Node) -> Node | None:
-    """The conv whose output a batch_norm normalises, through QAT's fusion helpers."""
-    current = bn.args[0] if bn.args else None
-    for _ in range(8):
-        if not isinstance(current, Node) or current.op not in ("call_function", "call_module"):
-            return None
-        if current.op == "call_function" and op_family(current) == "conv":
-            return current
-        current = current.args[0] if current.args else None
-    return None
-
-
 def _conv_bias(gm: GraphModule, conv: Node, bn: Node) -> torch.Tensor | None:
     """The conv's own bias: its bias argument, or the bias QAT's fusion adds after the conv."""
     bias = conv.args[2] if len(conv.args) > 2 else None
-    if _is_get_attr(bias):
+    if is_get_attr(bias):
         return _tensor(gm, bias).double()
     current = bn.args[0]
     while isinstance(current, Node) and current is not conv:
@@ -266,7 +259,7 @@ def _param_behind(node: Any, *, strict: bool = True) -> Node | None:
     """The get_attr a weight comes from, through observers, q/dq and scaling helpers."""
     current = node
     for _ in range(8):
-        if _is_get_attr(current):
+        if is_get_attr(current):
             return current
         if not isinstance(current, Node) or not current.args:
             break
@@ -276,29 +269,13 @@ def _param_behind(node: Any, *, strict: bool = True) -> Node | None:
     return None
 
 
-def _by_schema(
-    node: Node, args: Any = None, kwargs: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """A call's arguments by the op schema's names (weight, running_var, eps, scales...)."""
-    args = node.args if args is None else args
-    kwargs = dict(node.kwargs) if kwargs is None else kwargs
-    schema = getattr(node.target, "_schema", None)
-    names = [a.name for a in schema.arguments] if schema is not None else []
-    return {**dict(zip(names, args, strict=False)), **kwargs}
-
-
 def _optional(gm: GraphModule, node: Any, default: torch.Tensor) -> torch.Tensor:
-    return _tensor(gm, node).double() if _is_get_attr(node) else default.double()
+    return _tensor(gm, node).double() if is_get_attr(node) else default.double()
 
 
 def _tensor(gm: GraphModule, node: Any) -> Any:
-    if not _is_get_attr(node):
-        return node
-    return operator.attrgetter(str(node.target))(gm).detach()
-
-
-def _is_get_attr(value: Any) -> bool:
-    return isinstance(value, Node) and value.op == "get_attr"
+    """A get_attr's tensor, detached (folding reads weights, it does not train them)."""
+    return get_attr_value(gm, node).detach() if is_get_attr(node) else node
 
 
 def _without_observers(gm: GraphModule) -> GraphModule:

@@ -1,12 +1,13 @@
 """int8 against float latency on this CPU, both lowered with `torch.compile(dynamic=False)`.
 
 The converted (q/dq reference) graph runs int8 only once Inductor lowers it: with the x86
-backend its q/dq patterns become oneDNN qconv/qlinear kernels (PT2E_NOTES.md, Export). Both
-models compile with Inductor's `freezing` (weights as constants, prepacked), as torchao's x86
-flow prescribes: without it the int8 digits CNN was 1.2x *slower* than float, with it
-1.8-2.7x faster at batch 512 over runs (benchmarks/). The eager reference is timed too, to
-show why lowering matters. A symbolic batch fails in Inductor's int8 lowering, so each model
-is compiled for the one batch size measured.
+backend its dequantize -> op -> quantize patterns become oneDNN qconv/qlinear kernels; run
+eagerly, it is float ops between quantize/dequantize calls. Both models compile with
+Inductor's `freezing` (weights as constants, prepacked), as torchao's x86 flow prescribes:
+without it the int8 digits CNN was 1.2x *slower* than float, with it 1.8-2.7x faster at
+batch 512 over runs (benchmarks/). The eager reference is timed too, to show why lowering
+matters. A symbolic batch fails in Inductor's int8 lowering, so each model is compiled for
+the one batch size measured.
 
 Compiling and timing hold the process-wide lock (locks.py): torch.compile is not
 thread-safe, and other work on the CPU would skew the timings.
@@ -28,7 +29,10 @@ from workbench.locks import EXPORT_LOCK
 from workbench.model.signature import ModelInputs, max_leaf_diff
 from workbench.stages.steps import call
 
-Progress = Callable[[str], None]
+__all__ = ["Latency", "LatencyStatus", "eval_batch", "measure_latency"]
+
+# Told what the measurement is doing now, as a line of text ("timing int8…").
+LatencyStatus = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def measure_latency(
     repeats: int = 20,
     warmup: int = 3,
     backend: str = "inductor",
-    progress: Progress | None = None,
+    progress: LatencyStatus | None = None,
 ) -> Latency:
     """Compile both models for `inputs`' shapes and time them (median of `repeats` calls).
 

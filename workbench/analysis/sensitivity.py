@@ -5,7 +5,7 @@ calibrated and converted (PTQ, whatever the recipe's mode) and evaluated on the 
 split. `delta` is the improvement over the fully quantized baseline in the quality's own
 direction (accuracy/agreement: points gained; MSE: error removed), so the largest delta is
 the node most worth keeping float. `sqnr_db` is the node's SQNR in the baseline converted
-model (numeric.per_node_sqnr), NaN when the node has no comparable output.
+model (`workbench.analysis.sqnr.per_node_sqnr`), NaN when the node has no comparable output.
 """
 
 from __future__ import annotations
@@ -25,7 +25,23 @@ from workbench.model.capture import CapturedModel
 from workbench.quantization.editing import set_override
 from workbench.quantization.quantizer import quantizable_nodes
 from workbench.quantization.recipe import Override, QuantSetting, Recipe, RecipeError
-from workbench.stages.steps import Progress, StopRequested, calibrate, convert, evaluate, prepare
+from workbench.stages.steps import (
+    StepProgress,
+    StopRequested,
+    calibrate,
+    convert,
+    evaluate,
+    prepare,
+)
+
+__all__ = [
+    "SQNR_SAMPLES",
+    "SensitivityProgress",
+    "SensitivityResult",
+    "iter_sensitivity",
+    "sensitivity",
+    "suggest_overrides",
+]
 
 SQNR_SAMPLES = 64
 
@@ -59,7 +75,7 @@ def sensitivity(
     nodes: Iterable[str] | None = None,
     top: int | None = None,
     calibration_batches: int = 4,
-    progress: Progress | None = None,
+    progress: StepProgress | None = None,
     should_stop: StopRequested | None = None,
 ) -> list[SensitivityResult]:
     """Rank quantized nodes by how much keeping each float improves quality, best first.

@@ -6,13 +6,12 @@ compared (SQNR in dB and the largest absolute difference).
 
 Matching rule (measured on torch 2.13 + torchao 0.18, PTQ and QAT flows):
 
-- Each node's provenance root is the end of its `meta["from_node"]` chain, always following
-  the last entry, as in `workbench.graph.view.provenance`: a (name, graph_id) pair. A node without
-  `from_node` is its own root, (name, id(its graph)).
-- The *exported graph id* of a GraphModule is the root graph_id of its placeholders: the
-  inputs always come straight from the exported graph, in every stage. It is the id of the
-  ExportedProgram's graph (the same for every `program.module()` call), so a float model
-  from another capture of the same model has another id: each side is keyed by its own.
+- Each node's root is its `workbench.graph.provenance.node_source`: the end of its
+  `meta["from_node"]` chain, a (name, graph_id) pair; a node without `from_node` is its own
+  root, (name, id(its graph)).
+- The *exported graph id* of a GraphModule is the root graph_id of its placeholders
+  (`exported_graph_id`): a float model from another capture of the same model has another
+  id, so each side is keyed by its own.
 - A converted node belongs to exported node N when its root is (N's root name, converted
   exported graph id). Examples, PTQ: converted `conv2d_1` -> ("conv2d_1", E); QAT: prepare
   renames conv2d_1 to conv2d_5 and convert to conv2d_8, whose root is still ("conv2d_1", E).
@@ -35,26 +34,43 @@ nodes is compared with the float conv, and the pattern batch_norm with the float
 
 The compared output is the dequantize that follows the op's own quantize when there is one
 (`quantized=True`), else the op's own output.
+
+`sqnr_by_node` keeps the worst error per exported node; `own_sqnr` estimates each node's own
+share of the error accumulated up to it.
 """
 
 from __future__ import annotations
 
 import math
-import operator
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.fx import GraphModule, Interpreter, Node
 
-from workbench.graph.view import op_family, readable_op
+from workbench.graph.nodes import (
+    bn_output,
+    is_batch_norm,
+    is_dequantize,
+    is_qdq,
+    is_quantize,
+    is_tensor_op,
+)
+from workbench.graph.provenance import exported_graph_id, node_source
+from workbench.graph.view import GraphView, op_family
 from workbench.locks import EXPORT_LOCK
 from workbench.model.signature import ModelInputs
 
-__all__ = ["NodeError", "per_node_sqnr", "record_outputs", "sqnr"]
-
-Root = tuple[str, Any]
+__all__ = [
+    "NodeError",
+    "badness",
+    "own_sqnr",
+    "per_node_sqnr",
+    "record_outputs",
+    "sqnr",
+    "sqnr_by_node",
+]
 
 
 @dataclass(frozen=True)
@@ -113,21 +129,25 @@ def per_node_sqnr(
     """
     float_values = record_outputs(float_gm, inputs)
     converted_values = record_outputs(converted_gm, inputs)
-    float_id = _exported_graph_id(float_gm)
-    converted_id = _exported_graph_id(converted_gm)
+    float_id = exported_graph_id(float_gm)
+    converted_id = exported_graph_id(converted_gm)
 
     float_by_root: dict[str, Node] = {}
     for node in float_gm.graph.nodes:
-        name, graph_id = _root(node)
-        if node.op == "call_function" and graph_id == float_id:
-            float_by_root[name] = node
+        source = node_source(node)
+        if node.op == "call_function" and source.graph_id == float_id:
+            float_by_root[source.name] = node
 
     candidates: dict[str, list[Node]] = {}
     for node in converted_gm.graph.nodes:
-        name, graph_id = _root(node)
-        if graph_id != converted_id or name not in float_by_root or not _is_reportable(node):
+        source = node_source(node)
+        if (
+            source.graph_id != converted_id
+            or source.name not in float_by_root
+            or not is_tensor_op(node)
+        ):
             continue
-        candidates.setdefault(name, []).append(node)
+        candidates.setdefault(source.name, []).append(node)
     matched = {root: _pick(nodes, float_by_root[root]) for root, nodes in candidates.items()}
 
     errors: list[NodeError] = []
@@ -137,13 +157,13 @@ def per_node_sqnr(
         float_node = float_by_root[root]
         reference, compared, folded = float_node, _compared(op_node), False
         bn = _only_batch_norm_user(float_node)
-        if bn is not None and _root(bn)[0] not in matched:
+        if bn is not None and node_source(bn).name not in matched:
             pattern_bn, before_bn = _pattern_batch_norm(op_node, converted_id)
             if pattern_bn is None:
-                reference, folded = _bn_output(bn), True
+                reference, folded = bn_output(bn), True
             else:
                 compared = before_bn
-                pairs.append((pattern_bn, bn, _bn_output(bn), _compared(pattern_bn), False))
+                pairs.append((pattern_bn, bn, bn_output(bn), _compared(pattern_bn), False))
         pairs.append((op_node, float_node, reference, compared, folded))
 
     for op_node, float_node, reference, compared, folded in sorted(
@@ -165,54 +185,10 @@ def per_node_sqnr(
                 sqnr_db=sqnr(ref, out),
                 max_abs_error=float(diff.max()) if diff.numel() else 0.0,
                 bn_folded=folded,
-                quantized=compared is not op_node and _is_qdq(compared),
+                quantized=compared is not op_node and is_qdq(compared),
             )
         )
     return errors
-
-
-def _root(node: Node) -> Root:
-    """(name, graph_id) of the end of the node's `from_node` chain; the node itself if none."""
-    sources = node.meta.get("from_node") or []
-    if not sources:
-        return node.name, id(node.graph)
-    root = sources[-1]
-    while root.from_node:
-        root = root.from_node[-1]
-    return root.name, root.graph_id
-
-
-def _exported_graph_id(gm: GraphModule) -> Any:
-    """The graph id that roots of nodes copied from the exported graph carry in `gm`."""
-    ids = Counter(_root(n)[1] for n in gm.graph.nodes if n.op == "placeholder")
-    if not ids:
-        ids = Counter(_root(n)[1] for n in gm.graph.nodes if _is_reportable(n))
-    return ids.most_common(1)[0][0] if ids else id(gm.graph)
-
-
-def _is_qdq(node: Node) -> bool:
-    if node.op != "call_function":
-        return False
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload) and target.namespace == "quantized_decomposed":
-        return True
-    return "quantize" in readable_op(node) or "choose_qparams" in readable_op(node)
-
-
-def _is_dequantize(node: Node) -> bool:
-    return _is_qdq(node) and readable_op(node).startswith("dequantize")
-
-
-def _is_quantize(node: Node) -> bool:
-    return _is_qdq(node) and readable_op(node).startswith("quantize")
-
-
-def _is_reportable(node: Node) -> bool:
-    return node.op == "call_function" and node.target is not operator.getitem and not _is_qdq(node)
-
-
-def _is_batch_norm(node: Node) -> bool:
-    return node.op == "call_function" and "batch_norm" in readable_op(node)
 
 
 def _pick(nodes: list[Node], float_node: Node) -> Node:
@@ -223,9 +199,9 @@ def _pick(nodes: list[Node], float_node: Node) -> Node:
 def _compared(node: Node) -> Node:
     """The dequantize right after the op's own quantize, else the op itself."""
     for user in node.users:
-        if _is_quantize(user):
+        if is_quantize(user):
             for dq in user.users:
-                if _is_dequantize(dq):
+                if is_dequantize(dq):
                     return dq
     return node
 
@@ -234,28 +210,74 @@ def _only_batch_norm_user(node: Node) -> Node | None:
     users = list(node.users)
     if op_family(node) not in ("conv", "linear") or len(users) != 1:
         return None
-    return users[0] if _is_batch_norm(users[0]) else None
+    return users[0] if is_batch_norm(users[0]) else None
 
 
-def _bn_output(bn: Node) -> Node:
-    """The node holding a batch_norm's normalised tensor (getitem 0 for the tuple variants)."""
-    for user in bn.users:
-        if user.target is operator.getitem and user.args[1] == 0:
-            return user
-    return bn
-
-
-def _pattern_batch_norm(node: Node, exported_id: Any) -> tuple[Node | None, Node]:
+def _pattern_batch_norm(node: Node, exported_id: int) -> tuple[Node | None, Node]:
     """A batch_norm reached from `node` through pattern nodes only, and the node before it."""
     current = node
     seen = 0
     while len(current.users) == 1 and seen < 16:
         user = next(iter(current.users))
-        if user.op != "call_function" or _is_qdq(user):
+        if user.op != "call_function" or is_qdq(user):
             break
-        if _is_batch_norm(user):
+        if is_batch_norm(user):
             return user, current
-        if _root(user)[1] == exported_id:
+        if node_source(user).graph_id == exported_id:
             break
         current, seen = user, seen + 1
     return None, node
+
+
+def sqnr_by_node(errors: Iterable[NodeError]) -> dict[str, NodeError]:
+    """Each exported node's error; where several converted nodes share one, the worst (NaN
+    counts as worst: something is broken there)."""
+    worst: dict[str, NodeError] = {}
+    for error in errors:
+        kept = worst.get(error.exported)
+        if kept is None or badness(error.sqnr_db) > badness(kept.sqnr_db):
+            worst[error.exported] = error
+    return worst
+
+
+def badness(db: float) -> float:
+    """Sort key of an SQNR, worst highest (NaN is worst: something is broken there)."""
+    return math.inf if math.isnan(db) else -db
+
+
+def own_sqnr(view: GraphView, errors: Iterable[NodeError]) -> dict[str, float]:
+    """Each measured node's own share of the error, as an SQNR in dB (higher is better).
+
+    A node's SQNR measures the error accumulated up to its output, so every node after a bad
+    one looks bad too. Treating quantization noise as additive, the noise a node adds is its
+    output's relative noise power less the worst of its inputs':
+    own = -10 log10(10^(-out/10) - 10^(-in/10)), +inf when it adds none (a relu or a pool
+    often lowers the relative noise). Graph inputs and parameters are exact; an unmeasured
+    node (a folded batch_norm) passes its inputs' SQNR on. A layer that amplifies its
+    input's noise is charged for it, so this is a ranking aid, not an exact split.
+    """
+    by_node = {name: e.sqnr_db for name, e in sqnr_by_node(errors).items()}
+    memo: dict[str, float] = {}
+
+    def reaching(name: str) -> float:
+        """SQNR of the tensor `name` produces (exact for inputs and parameters)."""
+        if name in by_node:
+            return by_node[name]
+        if name not in memo:
+            memo[name] = math.inf  # guards cycles; graphs are acyclic
+            inputs = view[name].inputs if name in view else ()
+            memo[name] = min((reaching(i) for i in inputs), default=math.inf)
+        return memo[name]
+
+    own: dict[str, float] = {}
+    for name, out in by_node.items():
+        inputs = view[name].inputs if name in view else ()
+        before = min((reaching(i) for i in inputs), default=math.inf)
+        added = _noise(out) - _noise(before)
+        own[name] = -10.0 * math.log10(added) if added > 0 else math.inf
+    return own
+
+
+def _noise(db: float) -> float:
+    """Relative noise power of an SQNR in dB (0 for exact, inf for NaN)."""
+    return math.inf if math.isnan(db) else 10.0 ** (-db / 10.0)

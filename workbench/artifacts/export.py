@@ -15,10 +15,21 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
-from workbench.model.capture import DynamicDim, dynamic_dims, export_model
 from workbench.errors import WorkbenchError
 from workbench.locks import EXPORT_LOCK
+from workbench.model.capture import DynamicDim, dynamic_dims, export_model
 from workbench.model.signature import LeafCheck, ModelInputs, compare_outputs
+
+__all__ = [
+    "DEBUG_METADATA",
+    "SavedModel",
+    "check_writable",
+    "program_for",
+    "program_size",
+    "prune",
+    "save_program",
+    "write_text",
+]
 
 
 @dataclass(frozen=True)

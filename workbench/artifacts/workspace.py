@@ -21,6 +21,8 @@ from pathlib import Path
 from workbench.artifacts.export import write_text
 from workbench.quantization.recipe import Recipe, RecipeError
 
+__all__ = ["ENV_VAR", "Workspace"]
+
 log = logging.getLogger(__name__)
 ENV_VAR = "WORKBENCH_WORKSPACE"
 

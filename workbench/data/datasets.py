@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,25 @@ import torch
 
 from workbench.data.task import QualityKind, Task
 from workbench.errors import WorkbenchError, describe_value, first_line
-from workbench.model.signature import ModelInputs, SignatureError, bind
-from workbench.model.userfile import import_user_file
+from workbench.model.signature import InputSignature, ModelInputs, SignatureError, bind
+from workbench.model.userfile import import_user_file, split_file_spec
+
+__all__ = [
+    "DATA_FORMS",
+    "EVAL_EVERY",
+    "RANDOM_EVAL",
+    "RANDOM_TRAIN",
+    "Batch",
+    "DataError",
+    "Dataset",
+    "StreamDataset",
+    "TensorDataset",
+    "bind_batch",
+    "check_finite",
+    "default_data_spec",
+    "load_data",
+    "random_like",
+]
 
 DATA_FORMS = "digits, random or path/to/file.py:FUNC"
 RANDOM_TRAIN, RANDOM_EVAL = 512, 256
@@ -38,16 +55,6 @@ EVAL_EVERY = 5  # a FUNC without splits: every fifth batch evaluates
 
 class DataError(WorkbenchError):
     """Data that cannot be loaded or does not fit the model."""
-
-
-@dataclass(frozen=True)
-class InputSignature:
-    """What data must look like for a model: its example inputs and which dims may vary."""
-
-    example: ModelInputs
-    parameters: tuple[str, ...] = ()
-    # (input name, dim) -> the largest size the model takes there (None: unbounded)
-    dynamic: Mapping[tuple[str, int], int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -330,9 +337,10 @@ def load_data(
         return _digits(signature, task)
     if spec == "random":
         return _random(signature, task, seed)
-    path, sep, func = spec.rpartition(":")
-    if not (sep and path.endswith(".py") and func):
+    file_spec = split_file_spec(spec)
+    if file_spec is None or not file_spec[1]:
         raise DataError(f"'{spec}' is not a data spec.", f"Use one of: {DATA_FORMS}.")
+    path, func = file_spec
     return _from_function(spec, Path(path), func, signature, task)
 
 

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 
 from workbench.errors import WorkbenchError, first_line
 from workbench.model.signature import prediction
-from workbench.model.userfile import import_user_file
+from workbench.model.userfile import import_user_file, split_file_spec
+
+__all__ = ["IGNORE_INDEX", "QualityKind", "Task", "TaskError"]
 
 QualityKind = Literal["accuracy", "agreement", "mse", "metric"]
 IGNORE_INDEX = -100  # labels the loss and accuracy skip (padding), as in transformers
@@ -149,12 +151,13 @@ def _classes(predicted: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
 
 
 def _user_function(spec: str, kind: str) -> Callable[..., Any]:
-    path, sep, name = spec.rpartition(":")
-    if not (sep and path.endswith(".py") and name):
+    file_spec = split_file_spec(spec)
+    if file_spec is None or not file_spec[1]:
         raise TaskError(
             f"'{spec}' does not name a {kind} function.",
             f"Write it as path/to/file.py:FUNC, where FUNC(outputs, batch) returns the {kind}.",
         )
+    path, name = file_spec
     module = import_user_file(Path(path), prefix=f"workbench_{kind}_", error=TaskError,
                               what=f"{kind} file")  # fmt: skip
     function = getattr(module, name, None)

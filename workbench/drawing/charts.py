@@ -20,6 +20,22 @@ from workbench.analysis.sqnr import NodeError
 from workbench.drawing.overlays import sqnr_colour
 from workbench.stages.ranges import RangeRecorder
 
+__all__ = [
+    "MAX_GRID_LINES",
+    "QUALITY_TITLES",
+    "accuracy_drift_figure",
+    "activation_grid_figure",
+    "activation_histogram_figure",
+    "channel_ranges_figure",
+    "finite_or_none",
+    "grid_levels",
+    "loss_figure",
+    "observer_range_figure",
+    "sensitivity_figure",
+    "sqnr_bar_figure",
+    "weight_channels_figure",
+]
+
 QUALITY_TITLES = {
     "accuracy": "accuracy (%)",
     "agreement": "agreement with the float model (%)",

@@ -13,17 +13,17 @@ from collections.abc import Collection, Iterable
 from workbench.analysis.diff import KINDS, NodeChange, Side, StageDiff
 from workbench.drawing.dot import (
     OPEN_COLLAPSED_ABOVE,
-    NodeOverlay,
     box_of,
     group_depth,
     max_depth,
     single_node_modules,
     to_dot,
 )
+from workbench.drawing.overlays import DIFF_BADGES, DIFF_COLOURS, NodeOverlay, diff_style
 from workbench.graph.view import GraphView
 
 __all__ = [
-    "DIFF_COLOURS",
+    "DIFF_COLOURS",  # the legend of these drawings (defined with every colour in overlays)
     "REMOVED_PREFIX",
     "diff_opening_depth",
     "diff_to_dot",
@@ -32,17 +32,6 @@ __all__ = [
     "overlay_to_dot",
     "overlay_view",
 ]
-
-# Fill colour per kind; "removed" is the colour of the dashed border (fill stays white).
-DIFF_COLOURS: dict[str, str] = {
-    "added": "#a1d99b",
-    "removed": "#e6550d",
-    "rewritten": "#fdae6b",
-    "renamed": "#e0e0e0",
-    "unchanged": "#e0e0e0",
-}
-_REMOVED_FILL = "#ffffff"
-_BADGES = {"added": "added", "removed": "removed", "rewritten": "rewritten"}
 
 
 def diff_to_dot(
@@ -69,18 +58,11 @@ def diff_to_dot(
         if name is None or name not in view:
             continue
         tooltip = f"{change.kind}: {change.detail}" if change.detail else change.kind
-        if change.kind == "removed":
-            overlay[name] = NodeOverlay(
-                fill=_REMOVED_FILL, border=DIFF_COLOURS["removed"], badge=_BADGES["removed"],
-                tooltip=tooltip, style="rounded,filled,dashed",
-            )  # fmt: skip
-        else:
-            badge = _BADGES.get(change.kind)
-            if change.kind == "renamed":
-                other = change.after if side == "before" else change.before
-                badge = f"now {other}" if side == "before" else f"was {other}"
-            overlay[name] = NodeOverlay(fill=DIFF_COLOURS[change.kind], badge=badge,
-                                        tooltip=tooltip)  # fmt: skip
+        badge = DIFF_BADGES.get(change.kind)
+        if change.kind == "renamed":
+            other = change.after if side == "before" else change.before
+            badge = f"now {other}" if side == "before" else f"was {other}"
+        overlay[name] = diff_style(change.kind, badge=badge, tooltip=tooltip)
     if focus_group is not None:
         before, after = diff.group_members(focus_group)
         view = _focus(view, before if side == "before" else after)
@@ -152,13 +134,7 @@ def group_overlays(
                                                           if kinds.get(k))  # fmt: skip
         tooltip += " (click to expand)"
         strongest = next((k for k in ("rewritten", "added", "removed") if kinds.get(k)), None)
-        if strongest == "removed":
-            overlays[box] = NodeOverlay(fill=_REMOVED_FILL, border=DIFF_COLOURS["removed"],
-                                        tooltip=tooltip, note=note,
-                                        style="rounded,filled,dashed")  # fmt: skip
-        else:
-            fill = DIFF_COLOURS[strongest] if strongest else None
-            overlays[box] = NodeOverlay(fill=fill, tooltip=tooltip, note=note)
+        overlays[box] = diff_style(strongest, tooltip=tooltip, note=note)
     return overlays
 
 
@@ -229,17 +205,14 @@ def overlay_to_dot(
     for change in diff.changes:
         tooltip = f"{change.kind}: {change.detail}" if change.detail else change.kind
         if change.kind == "removed" and change.before is not None:
-            overlay[REMOVED_PREFIX + change.before] = NodeOverlay(
-                fill=_REMOVED_FILL, border=DIFF_COLOURS["removed"], badge=_BADGES["removed"],
-                tooltip=tooltip, style="rounded,filled,dashed",
-            )  # fmt: skip
+            overlay[REMOVED_PREFIX + change.before] = diff_style(
+                "removed", badge=DIFF_BADGES["removed"], tooltip=tooltip
+            )
         elif change.after is not None:
-            badge = _BADGES.get(change.kind)
+            badge = DIFF_BADGES.get(change.kind)
             if change.kind in ("renamed", "rewritten") and change.before != change.after:
                 badge = f"{badge or change.kind}, was {change.before}"
-            overlay[change.after] = NodeOverlay(
-                fill=DIFF_COLOURS[change.kind], badge=badge, tooltip=tooltip
-            )
+            overlay[change.after] = diff_style(change.kind, badge=badge, tooltip=tooltip)
     if collapse_depth is not None:
         view = grouped_view(view, diff)
         changes = _changes_by_node(view, diff, None)

@@ -5,17 +5,25 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import graphviz
 
+from workbench.drawing.boxes import box_of, collapsed_module, max_depth, single_node_modules
+from workbench.drawing.overlays import (
+    EDGE_COLOUR,
+    FRAME_COLOUR,
+    FRAME_TITLE_COLOUR,
+    MODULE_BOX_COLOUR,
+    NodeOverlay,
+    family_colour,
+)
 from workbench.errors import WorkbenchError
 from workbench.graph.view import GraphView, NodeInfo
 
-# Per-module clusters keep `dot` near 0.5 s at this many boxes on a 2-core machine
-# (STREAMLIT_NOTES.md: 1,000 nodes 0.2-0.25 s, 3,000 nodes 1.3-1.8 s).
+# Per-module clusters keep `dot` near 0.5 s at this many boxes on a 2-core machine (measured
+# with one cluster per layer: 1,000 nodes 0.2-0.25 s, 3,000 nodes 1.3-1.8 s).
 DEFAULT_NODE_BUDGET = 1500
 # Over this many graph nodes a graph opens collapsed to module groups: drawn whole, a ResNet-50
 # (497 nodes) is a column too long to read at first sight.
@@ -24,39 +32,31 @@ GROUP_BOXES = 40  # module groups: the deepest depth drawing at most this many b
 EXPAND_BOXES = 120  # a click opens a group as many levels down as keep it under this
 REVEAL_BOXES = 400  # search opens the groups of its matches while the graph stays under this
 
-FAMILY_COLOURS: dict[str, str] = {
-    "input": "#e0e0e0",
-    "output": "#e0e0e0",
-    "param": "#f5f5f5",
-    "conv": "#8ecae6",
-    "linear": "#a8dadc",
-    "matmul": "#b5ead7",
-    "norm": "#ffd6a5",
-    "activation": "#fdffb6",
-    "pool": "#cdb4db",
-    "elementwise": "#ffc8dd",
-    "reduction": "#e2c2ff",
-    "shape": "#f1f1f1",
-    "quant": "#ff9f9f",
-    "observer": "#ffadad",
-    "other": "#ffffff",
-}
-MODULE_BOX_COLOUR = "#dbe4ee"
+__all__ = [
+    "DEFAULT_NODE_BUDGET",
+    "EXPAND_BOXES",
+    "GROUP_BOXES",
+    "OPEN_COLLAPSED_ABOVE",
+    "REVEAL_BOXES",
+    "Rendered",
+    "Styles",
+    "box_of",
+    "collapse_group",
+    "count_boxes",
+    "dot_to_svg",
+    "expand_group",
+    "format_shape",
+    "group_depth",
+    "max_depth",
+    "opening_depth",
+    "render_for_screen",
+    "reveal",
+    "single_node_modules",
+    "to_dot",
+]
 
-
-@dataclass(frozen=True)
-class NodeOverlay:
-    """Extra styling for one node or module box: later features' annotations, diffs, SQNR."""
-
-    fill: str | None = None
-    border: str | None = None
-    badge: str | None = None
-    tooltip: str | None = None
-    style: str | None = None  # Graphviz node style, e.g. "rounded,filled,dashed"
-    note: str | None = None  # an extra last label line, e.g. a collapsed group's diff counts
-
-
-Overlay = Mapping[str, NodeOverlay]
+# Styling drawn into the layout, per node or box id (the colours and styles of an overlay).
+Styles = Mapping[str, NodeOverlay]
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def to_dot(
     *,
     collapse_depth: int | None = None,
     chunk_size: int | None = None,
-    overlay: Overlay | None = None,
+    overlay: Styles | None = None,
     fold_params: bool = True,
     rankdir: str = "TB",
     expanded: Collection[str] = (),
@@ -116,7 +116,7 @@ def to_dot(
         graph_attr={"rankdir": rankdir, "fontname": "Helvetica", "fontsize": "10"},
         node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica",
                    "fontsize": "10"},
-        edge_attr={"arrowsize": "0.6", "color": "#555555"},
+        edge_attr={"arrowsize": "0.6", "color": EDGE_COLOUR},
     )  # fmt: skip
     root = _Cluster("")
     for item in items:
@@ -131,27 +131,6 @@ def to_dot(
         seen.add(edge)  # type: ignore[arg-type]
         dot.edge(edge[0], edge[1])
     return dot.source
-
-
-def box_of(node: NodeInfo, collapse_depth: int | None, expanded: Collection[str] = ()) -> str:
-    """The id of the box that stands for `node` when drawn at `collapse_depth` (no chunking)."""
-    path = _collapsed_module(node.module_chain, collapse_depth, expanded)
-    return node.name if path is None else "module/" + path
-
-
-def _collapsed_module(
-    chain: tuple[str, ...], collapse_depth: int | None, expanded: Collection[str]
-) -> str | None:
-    """The outermost module of `chain` at `collapse_depth` or deeper that is not expanded."""
-    if collapse_depth is None:
-        return None
-    return next((path for path in chain[collapse_depth - 1 :] if path not in expanded), None)
-
-
-def single_node_modules(view: GraphView) -> frozenset[str]:
-    """Modules holding a single (non-parameter) node: drawn as that node, never as a box."""
-    sizes = Counter(path for n in view.nodes if not n.is_param for path in n.module_chain)
-    return frozenset(path for path, size in sizes.items() if size == 1)
 
 
 def group_depth(view: GraphView, *, boxes: int = GROUP_BOXES, fold_params: bool = True) -> int:
@@ -244,17 +223,12 @@ def count_boxes(
     return len(_items(view, collapse_depth, chunk_size, fold_params, opened)[0])
 
 
-def max_depth(view: GraphView) -> int:
-    """The deepest module nesting in the view (0 for a model without submodules)."""
-    return max((len(n.module_chain) for n in view.nodes), default=0)
-
-
 def render_for_screen(
     view: GraphView,
     *,
     collapse_depth: int | None = None,
     node_budget: int = DEFAULT_NODE_BUDGET,
-    overlay: Overlay | None = None,
+    overlay: Styles | None = None,
     fold_params: bool = True,
     expanded: Collection[str] = (),
 ) -> Rendered:
@@ -332,7 +306,7 @@ def _items(
         if fold_params and node.is_param:
             continue
         chain = node.module_chain
-        path = _collapsed_module(chain, collapse_depth, expanded)
+        path = collapsed_module(chain, collapse_depth, expanded)
         if chunk_size is not None and (not chain or collapse_depth == 1):
             # Consecutive top-level boxes (loose nodes and whole top-level modules) share one.
             position = top_level.setdefault(chain[0] if chain else node.name, len(top_level))
@@ -372,7 +346,7 @@ def _emit_cluster(
     dot: graphviz.Digraph,
     cluster: _Cluster,
     types: dict[str, str],
-    overlay: Overlay,
+    overlay: Styles,
     collapse_depth: int | None,
     level: int = 1,
     frame: str = "",
@@ -393,17 +367,18 @@ def _emit_cluster(
             # A frame at the collapse depth or deeper is an expanded group: clicking it closes it.
             opened = collapse_depth is not None and depth >= collapse_depth
             sub.attr(id="cluster/" + entry.path, label=("▾ " if opened else "") + label,
-                     style="rounded,dashed", color="#8899aa", fontcolor="#445566")  # fmt: skip
+                     style="rounded,dashed", color=FRAME_COLOUR,
+                     fontcolor=FRAME_TITLE_COLOUR)  # fmt: skip
             _emit_cluster(sub, entry, types, overlay, collapse_depth, depth + 1, entry.path)
 
 
 def _emit_item(
-    dot: graphviz.Digraph, item: _Item, types: dict[str, str], overlay: Overlay, frame: str = ""
+    dot: graphviz.Digraph, item: _Item, types: dict[str, str], overlay: Styles, frame: str = ""
 ) -> None:
     extra = overlay.get(item.id, NodeOverlay())
     if item.node is not None:
         lines = _node_lines(item.node, frame)
-        fill = FAMILY_COLOURS.get(item.node.family, "#ffffff")
+        fill = family_colour(item.node.family)
         tooltip = _node_tooltip(item.node)
         shape = "ellipse" if item.node.family in ("input", "output") else None
     else:

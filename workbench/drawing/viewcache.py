@@ -29,6 +29,25 @@ if TYPE_CHECKING:
     from workbench.drawing.dot import Rendered
     from workbench.graph.view import GraphView
 
+__all__ = [
+    "DEFAULT_SPEC",
+    "ENV_VAR",
+    "FORMAT",
+    "MAX_ENTRIES",
+    "SCREEN_DEFAULT",
+    "CachedView",
+    "ViewCache",
+    "default_folder",
+    "entry_for",
+    "last_spec",
+    "main",
+    "model_files",
+    "opening",
+    "torch_version",
+    "view_key",
+    "warm",
+]
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1

@@ -1,3 +1,3 @@
-"""UI-free descriptions of FX graphs: the node view the pages draw and the provenance that
-follows a node across stages.
+"""UI-free descriptions of FX graphs: what a node is (`nodes`), where it came from across
+stages (`provenance`) and the node view the pages draw (`view`).
 """

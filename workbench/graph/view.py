@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -11,13 +10,29 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
+from workbench.graph.nodes import CONV_OPS, QUANT_OPS, readable_op
+from workbench.graph.provenance import provenance_key
+
+__all__ = [
+    "FAMILIES",
+    "HIDDEN_MODULES",
+    "GraphView",
+    "ModuleInfo",
+    "NodeInfo",
+    "ParamInfo",
+    "describe",
+    "module_table",
+    "op_family",
+    "readable_op",  # lives in workbench.graph.nodes; importable from here as before
+    "search",
+]
+
 HIDDEN_MODULES = frozenset({"_guards_fn"})
 
 # Op family by readable op name; anything not listed is "other" (see op_family).
 # fmt: off
 _FAMILY_OPS: dict[str, tuple[str, ...]] = {
-    "conv": ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
-             "conv_transpose3d", "_convolution"),
+    "conv": CONV_OPS,
     "linear": ("linear", "addmm"),
     "matmul": ("matmul", "mm", "bmm", "baddbmm", "einsum", "scaled_dot_product_attention"),
     "norm": ("batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
@@ -36,9 +51,7 @@ _FAMILY_OPS: dict[str, tuple[str, ...]] = {
               "cat", "stack", "split", "split_with_sizes", "chunk", "getitem", "expand",
               "contiguous", "slice", "select", "clone", "dropout", "_to_copy", "to", "unbind",
               "pad", "constant_pad_nd", "repeat", "alias", "detach"),
-    "quant": ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel",
-              "dequantize_per_channel", "choose_qparams", "quantize_affine", "dequantize_affine",
-              "fake_quantize_per_tensor_affine", "fake_quantize_per_channel_affine"),
+    "quant": QUANT_OPS,
 }
 # fmt: on
 _FAMILY_BY_OP = {op: family for family, ops in _FAMILY_OPS.items() for op in ops}
@@ -220,7 +233,7 @@ def describe(gm: GraphModule, *, stage: str = "exported") -> GraphView:
                 params=tuple(_param_info(a) for a in node.all_input_nodes if a.op == "get_attr"),
                 source=source,
                 source_code=code,
-                provenance=provenance(node),
+                provenance=provenance_key(node),
             )
         )
     tree = _module_tree(infos, module_types)
@@ -249,64 +262,14 @@ def module_table(view: GraphView) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def readable_op(node: Node, gm: GraphModule | None = None) -> str:
-    """A short op name: `conv2d` for aten.conv2d.default, the class name for a call_module."""
-    if node.op == "placeholder":
-        return "input"
-    if node.op == "output":
-        return "output"
-    if node.op == "get_attr":
-        return "param"
-    if node.op == "call_module":
-        if gm is not None:
-            try:
-                return type(gm.get_submodule(str(node.target))).__name__
-            except AttributeError:
-                pass
-        return str(node.target)
-    target = node.target
-    if target is operator.getitem:
-        return "getitem"
-    if isinstance(target, torch._ops.OpOverload):
-        return target._schema.name.split("::")[-1]
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        return target._qualified_op_name.split("::")[-1]
-    return getattr(target, "__name__", str(target))
-
-
 def op_family(node: Node, op_name: str | None = None) -> str:
     """The op family used for colours and counts (conv, linear, norm, activation, ...)."""
-    if node.op == "placeholder":
-        return "input"
-    if node.op == "output":
-        return "output"
-    if node.op == "get_attr":
-        return "param"
+    if node.op in ("placeholder", "output", "get_attr"):
+        return readable_op(node)  # input, output, param: their own families
     if node.op == "call_module":
         return "observer"
     name = op_name or readable_op(node)
     return _FAMILY_BY_OP.get(name, _FAMILY_BY_OP.get(name.rstrip("_"), "other"))
-
-
-def provenance(node: Node) -> tuple[str, ...] | None:
-    """A key that names the same computation in every stage derived from one captured graph.
-
-    get_attr nodes are keyed by what they read; other nodes by the root of `from_node`, the
-    node of the exported graph they descend from (its name and graph id, since names of
-    nodes that come from torchao's pattern graphs can collide with the user's).
-    """
-    if node.op == "get_attr":
-        return ("param", str(node.target))
-    if node.op == "call_module":
-        # prepare copies from_node onto some observers but not others; none stands for an op.
-        return None
-    sources = node.meta.get("from_node") or []
-    if not sources:
-        return None
-    root = sources[-1]
-    while root.from_node:
-        root = root.from_node[-1]
-    return ("node", root.name, str(root.graph_id))
 
 
 def _is_hidden(node: Node) -> bool:

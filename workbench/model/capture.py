@@ -1,29 +1,26 @@
-"""Resolve a model spec and capture the model with torch.export, with dynamic dimensions.
+"""Capture a model with torch.export, with dynamic dimensions.
 
-The batch (dim 0 of every input that has the example's batch size) is dynamic, and so is the
-sequence length (dim 1 of integer inputs of two or more dims: token ids, masks) and any dim
-the user names (`input_ids:1`). The batch is one named `Dim` shared by every input; the others
-are `Dim.DYNAMIC`, so torch may narrow their range (a BERT's sequence to its position
-embeddings) without failing; what it kept is in `CapturedModel.dynamic_dims`. A batch or
-sequence that cannot be dynamic is captured static with a note; a dim the user named that
-cannot be dynamic is an error.
+The model comes from a source (workbench.model.sources: a sample, a Python factory or a .pt2);
+a .pt2 holds a program exported already, which is taken as it is. The batch (dim 0 of every
+input that has the example's batch size) is dynamic, and so is the sequence length (dim 1 of
+integer inputs of two or more dims: token ids, masks) and any dim the user names
+(`input_ids:1`). The batch is one named `Dim` shared by every input; the others are
+`Dim.DYNAMIC`, so torch may narrow their range (a BERT's sequence to its position embeddings)
+without failing; what it kept is in `CapturedModel.dynamic_dims`. A batch or sequence that
+cannot be dynamic is captured static with a note; a dim the user named that cannot be dynamic
+is an error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
-import importlib.util
 import inspect
-import logging
 import re
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
@@ -31,65 +28,26 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 from torch.fx import GraphModule
 
-from workbench.data.datasets import InputSignature
-from workbench.errors import (
-    CaptureError,
-    InputShapeError,
-    ModelSpecError,
-    describe_value,
-    first_line,
-)
+from workbench.errors import CaptureError, InputShapeError, first_line
 from workbench.locks import EXPORT_LOCK
-from workbench.model.signature import (
-    ModelInputs,
-    SignatureError,
-    leaf_label,
-    output_leaves,
-    parameter_names,
-)
-from workbench.model.userfile import import_user_file
+from workbench.model.program import input_names, output_names, symbol_range, user_placeholders
+from workbench.model.signature import InputSignature, ModelInputs, parameter_names
+from workbench.model.sources import LoadedModel, ModelSpec, SavedProgram, resolve
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "MAX_BATCH",
+    "CapturedModel",
+    "DimRequest",
+    "DynamicDim",
+    "ModelSpec",
+    "capture",
+    "dynamic_dims",
+    "export_model",
+    "load_model",
+    "output_names",
+]
 
-SpecKind = Literal["sample", "python", "pt2"]
 MAX_BATCH = 4096
-SPEC_FORMS = "sample:NAME, path/to/file.py:FUNC or path/to/model.pt2"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a model comes from: a bundled sample, a Python factory function, or a saved .pt2."""
-
-    kind: SpecKind
-    target: str
-    func: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind == "python" and not self.func:
-            raise ModelSpecError(
-                f"{self.target} names a Python file but no factory function.",
-                "Write it as path/to/file.py:FUNC, where FUNC() returns (model, example_inputs).",
-            )
-
-    @classmethod
-    def parse(cls, text: str) -> ModelSpec:
-        """Parse `sample:NAME`, `path/file.py:FUNC` or `path/model.pt2`."""
-        text = text.strip()
-        if text.startswith("sample:"):
-            return cls("sample", text.removeprefix("sample:"))
-        if text.endswith(".pt2"):
-            return cls("pt2", text)
-        path, sep, func = text.rpartition(":")
-        if sep and path.endswith(".py"):
-            return cls("python", path, func)
-        if text.endswith(".py"):
-            return cls("python", text)
-        raise ModelSpecError(f"'{text}' is not a model spec.", f"Use one of: {SPEC_FORMS}.")
-
-    def __str__(self) -> str:
-        if self.kind == "sample":
-            return f"sample:{self.target}"
-        return f"{self.target}:{self.func}" if self.kind == "python" else self.target
 
 
 @dataclass(frozen=True)
@@ -165,7 +123,7 @@ class CapturedModel:
 
     @property
     def signature(self) -> InputSignature:
-        """What data for this model must look like (workbench.data.datasets)."""
+        """What data for this model must look like: its example inputs and dynamic dims."""
         dims = {(d.input, d.dim): d.max for d in self.dynamic_dims}
         return InputSignature(self.example_inputs, self.parameters, dims)
 
@@ -187,20 +145,17 @@ def capture(
     dynamic: Sequence[DimRequest] = (),
     max_batch: int = MAX_BATCH,
 ) -> CapturedModel:
-    """Resolve `spec` and capture it; `input_shape` replaces the example input (one tensor).
+    """Load what `spec` names and capture it; `input_shape` replaces the example input (one
+    tensor).
 
     `dynamic` names dims to make dynamic besides the batch and sequence (see the module
-    docstring).
+    docstring). A saved program is taken as exported: `dynamic` and `max_batch` do not apply.
     """
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
-    if spec.kind == "pt2":
-        return _load_pt2(spec, input_shape)
-    # No export may run while the user's code defines its classes: transformers skips the
-    # pytree registration of a ModelOutput class while torch says it is compiling, which a
-    # concurrent export (another session's, the pattern-cache warm-up) makes true for every
-    # thread, and torch.export then fails on the unregistered output type.
-    with EXPORT_LOCK:
-        model, example_inputs = load_model(spec)
+    loaded = load_model(spec)
+    if isinstance(loaded, SavedProgram):
+        return _saved_capture(spec, loaded, input_shape)
+    model, example_inputs = loaded.model, loaded.example_inputs
     if input_shape is not None:
         example_inputs = ModelInputs((_random_input(input_shape),))
     elif example_inputs is None:
@@ -219,6 +174,26 @@ def capture(
         spec, program, example_inputs, dynamic_dims(program, parameters),
         time.perf_counter() - start, tuple(notes), parameters, output_names(program),
         tuple(dynamic),
+    )  # fmt: skip
+
+
+def load_model(spec: str | ModelSpec) -> LoadedModel:
+    """What the spec's source gives capture: an eager model with its example inputs (if the
+    source has any), or a saved program (workbench.model.sources)."""
+    return resolve(spec).load()
+
+
+def _saved_capture(
+    spec: ModelSpec, saved: SavedProgram, input_shape: Sequence[int] | None
+) -> CapturedModel:
+    inputs = saved.example_inputs
+    if input_shape is not None:
+        inputs = ModelInputs((_random_input(input_shape),))
+        _check_program_accepts(saved.program, inputs)
+    program, parameters = saved.program, saved.parameters
+    return CapturedModel(
+        spec, program, inputs, dynamic_dims(program, parameters), saved.load_seconds, (),
+        parameters, output_names(program),
     )  # fmt: skip
 
 
@@ -241,16 +216,6 @@ def _register_output_types(model: nn.Module, inputs: ModelInputs) -> None:
         with torch.no_grad():
             for name, value in model.named_buffers():
                 value.copy_(buffers[name])
-
-
-def load_model(spec: ModelSpec) -> tuple[nn.Module, ModelInputs | None]:
-    """Build the eager model named by a sample or Python spec, with its example inputs if any."""
-    if spec.kind == "sample":
-        return _load_sample(spec.target)
-    if spec.kind == "python":
-        assert spec.func is not None
-        return _call_factory(Path(spec.target), spec.func)
-    raise ModelSpecError(f"{spec} is an exported program, not an eager model.", "Use capture().")
 
 
 def export_model(
@@ -399,8 +364,8 @@ def dynamic_dims(
     program: ExportedProgram, parameters: Sequence[str] = ()
 ) -> tuple[DynamicDim, ...]:
     """The dims of the program's inputs that are symbolic, with the range torch kept."""
-    placeholders = _user_placeholders(program)
-    names = _placeholder_names(program, parameters, len(placeholders))
+    placeholders = user_placeholders(program)
+    names = input_names(program, parameters)
     found: list[DynamicDim] = []
     kinds: dict[str, str] = {}
     for name, node in zip(names, placeholders, strict=True):
@@ -413,133 +378,9 @@ def dynamic_dims(
             symbol = str(size)
             if symbol not in kinds:
                 kinds[symbol] = "batch" if dim == 0 else "seq" if dim == 1 else f"d{dim}"
-            low, high = _symbol_range(program, size)
+            low, high = symbol_range(program, size)
             found.append(DynamicDim(name, dim, kinds[symbol], low, high))
     return tuple(found)
-
-
-def _user_placeholders(program: ExportedProgram) -> list[torch.fx.Node]:
-    names = set(program.graph_signature.user_inputs)
-    return [n for n in program.graph.nodes if n.op == "placeholder" and n.name in names]
-
-
-def _placeholder_names(
-    program: ExportedProgram, parameters: Sequence[str], count: int
-) -> list[str]:
-    """Names of the user inputs as the signature names them (from the program's in_spec)."""
-    in_spec = program.call_spec.in_spec
-    if in_spec is not None:
-        try:
-            args, kwargs = pytree.tree_unflatten([torch.zeros(())] * in_spec.num_leaves, in_spec)
-            named = ModelInputs(tuple(args), dict(kwargs)).named_tensors(parameters)
-            if len(named) == count:
-                return [name for name, _ in named]
-        except (TypeError, ValueError):
-            pass
-    return [n.name for n in _user_placeholders(program)]
-
-
-def _symbol_range(program: ExportedProgram, size: torch.SymInt) -> tuple[int, int | None]:
-    bounds = program.range_constraints.get(size.node.expr)
-    if bounds is None:
-        return 1, None
-    upper = None if "oo" in str(bounds.upper) else int(bounds.upper)  # oo, int_oo: unbounded
-    return int(bounds.lower), upper
-
-
-def output_names(program: ExportedProgram) -> tuple[str, ...]:
-    """The program's output leaves by label (`logits`, `0`, `output` for a bare tensor)."""
-    out_spec = program.call_spec.out_spec
-    if out_spec is None:
-        return ()
-    try:
-        dummy = pytree.tree_unflatten([torch.zeros(())] * out_spec.num_leaves, out_spec)
-    except (TypeError, ValueError):
-        return ()
-    return tuple(leaf_label(path) for path, _ in output_leaves(dummy))
-
-
-def _load_sample(name: str) -> tuple[nn.Module, ModelInputs]:
-    import sample_models
-
-    if name not in sample_models.SAMPLES:
-        raise ModelSpecError(
-            f"There is no sample model '{name}'.",
-            "Use one of: " + ", ".join(f"sample:{n}" for n in sample_models.names()) + ".",
-        )
-    model, inputs = sample_models.build(name)
-    return model, ModelInputs.of(inputs)
-
-
-def _call_factory(path: Path, func: str) -> tuple[nn.Module, ModelInputs | None]:
-    module = import_user_file(path, prefix="workbench_user_", error=ModelSpecError)
-    module_name = module.__name__
-    factory = getattr(module, func, None)
-    if not callable(factory):
-        found = sorted(
-            name
-            for name, value in vars(module).items()
-            if (inspect.isfunction(value) or _is_module_class(value))
-            and value.__module__ == module_name
-            and not name.startswith("_")
-        )
-        listed = ", ".join(found[:20]) + (f" and {len(found) - 20} more" if len(found) > 20 else "")
-        raise ModelSpecError(
-            f"{path} has no function '{func}'.",
-            "Name one of its functions: " + (listed or "(it defines none)") + ".",
-        )
-    try:
-        result = factory()
-    except Exception as exc:
-        raise ModelSpecError(
-            f"{path}:{func}() raised {type(exc).__name__}: {first_line(exc)}",
-            "Fix the factory so that calling it with no arguments returns (model, example_inputs).",
-        ) from exc
-    return _check_factory_result(f"{path}:{func}", result)
-
-
-def _is_module_class(value: Any) -> bool:
-    return inspect.isclass(value) and issubclass(value, nn.Module)
-
-
-def _check_factory_result(where: str, result: Any) -> tuple[nn.Module, ModelInputs | None]:
-    expected = (
-        "return (model, example_inputs): an nn.Module and its example inputs (a tensor, a "
-        "tuple of positional arguments, a dict of keyword arguments, or a pair (args, kwargs))"
-    )
-    if isinstance(result, nn.Module):
-        return result, None
-    if not (isinstance(result, tuple | list) and len(result) == 2):
-        raise ModelSpecError(
-            f"{where}() returned {describe_value(result)}.", f"Make it {expected}."
-        )
-    model, inputs = result
-    if not isinstance(model, nn.Module):
-        raise ModelSpecError(
-            f"{where}() returned {describe_value(model)} where an nn.Module belongs.",
-            f"Make it {expected}.",
-        )
-    try:
-        example = ModelInputs.of(inputs)
-    except SignatureError as exc:
-        raise ModelSpecError(f"{where}() returned {describe_value(inputs)} as example inputs.",
-                             f"Make it {expected}.") from exc  # fmt: skip
-    leaves = pytree.tree_leaves((example.args, example.kwargs))
-    strange = sorted({type(v).__name__ for v in leaves
-                      if not isinstance(v, torch.Tensor | int | float | bool)})  # fmt: skip
-    if not example.tensors():
-        kinds = ", ".join(type(v).__name__ for v in (*example.args, *example.kwargs.values()))
-        raise ModelSpecError(
-            f"{where}() returned example inputs of types ({kinds}); only tensors are supported.",
-            f"Make it {expected}.",
-        )
-    if strange:
-        raise ModelSpecError(
-            f"{where}() returned example inputs holding {', '.join(strange)}; only tensors "
-            "(and plain numbers) are supported.",
-            f"Make it {expected}.",
-        )
-    return model, example
 
 
 def _random_input(shape: Sequence[int]) -> torch.Tensor:
@@ -597,83 +438,6 @@ def _explain_export_failure(exc: Exception, model: nn.Module, inputs: ModelInput
     )
 
 
-def _load_pt2(spec: ModelSpec, input_shape: Sequence[int] | None) -> CapturedModel:
-    path = Path(spec.target)
-    if not path.is_file():
-        raise ModelSpecError(
-            f"No such file: {path}.", "Check the path; it is relative to the current directory."
-        )
-    damaged = _damaged_member(path)
-    if damaged is not None:
-        raise ModelSpecError(
-            f"{path} is corrupt: {damaged} fails its checksum (the file was damaged in transfer "
-            "or on disk).",
-            "Copy or download it again, or re-create it with torch.export.save.",
-        )
-    import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops)
-
-    _import_pytree_types(path)
-    start = time.perf_counter()
-    try:
-        with EXPORT_LOCK:
-            program = torch.export.load(str(path))
-    except (zipfile.BadZipFile, RuntimeError, KeyError, ValueError, EOFError) as exc:
-        raise ModelSpecError(
-            f"{path} is not a readable .pt2 archive: it is corrupt or truncated, or was saved "
-            "by another torch/torchao version "
-            f"({first_line(exc).split('. Please check the warnings')[0]}).",
-            "Re-create it with torch.export.save(torch.export.export(model, inputs), path).",
-        ) from exc
-    seconds = time.perf_counter() - start
-    if input_shape is not None:
-        inputs = ModelInputs((_random_input(input_shape),))
-        _check_program_accepts(program, inputs)
-    else:
-        inputs = _program_example_inputs(program)
-    with EXPORT_LOCK:
-        parameters = parameter_names(program.module(check_guards=False))
-    return CapturedModel(
-        spec, program, inputs, dynamic_dims(program, parameters), seconds, (), parameters,
-        output_names(program),
-    )  # fmt: skip
-
-
-_TREESPEC_TYPE = re.compile(r'\\"type\\": \\"([A-Za-z_][\w.]*)\\"')
-
-
-def _import_pytree_types(path: Path) -> None:
-    """Import the installed modules that define the pytree types of the program's inputs and
-    outputs (a transformers ModelOutput, say): torch.export.load cannot rebuild them otherwise.
-
-    Only modules already installed are imported (nothing from the file runs); a type whose
-    module is not installed is left for torch.export.load to report.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if "/models/" in n and n.endswith(".json")]
-            text = "".join(archive.read(n).decode("utf-8", "replace") for n in names[:4])
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return
-    for qualified in sorted(set(_TREESPEC_TYPE.findall(text))):
-        module = qualified.rpartition(".")[0]
-        if not module or module.split(".")[0] in ("builtins", "collections", "torch"):
-            continue
-        try:
-            if importlib.util.find_spec(module.split(".")[0]) is not None:
-                importlib.import_module(module)
-        except Exception as exc:  # a broken optional package must not stop the load
-            log.warning("could not import %s for %s: %s", module, qualified, first_line(exc))
-
-
-def _damaged_member(path: Path) -> str | None:
-    """The first archive member whose CRC does not match (torch.export.load does not check)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return None  # not a readable zip at all: torch.export.load reports that below
-
-
 def _check_program_accepts(program: ExportedProgram, inputs: ModelInputs) -> None:
     expected = ", ".join(
         "(" + ", ".join(str(d) for d in shape) + ")" for shape in _user_input_shapes(program)
@@ -692,36 +456,8 @@ def _check_program_accepts(program: ExportedProgram, inputs: ModelInputs) -> Non
 
 
 def _user_input_shapes(program: ExportedProgram) -> list[tuple[int | str, ...]]:
-    names = set(program.graph_signature.user_inputs)
     return [
         tuple(d if isinstance(d, int) else "batch" for d in node.meta["val"].shape)
-        for node in program.graph.nodes
-        if node.op == "placeholder" and node.name in names and "val" in node.meta
+        for node in user_placeholders(program)
+        if "val" in node.meta
     ]
-
-
-def _program_example_inputs(program: ExportedProgram) -> ModelInputs:
-    stored = program.example_inputs
-    if stored is not None and (stored[0] or stored[1]):
-        args, kwargs = pytree.tree_map(
-            lambda v: v.clone() if isinstance(v, torch.Tensor) else v, stored
-        )
-        return ModelInputs(tuple(args), dict(kwargs))
-    generator = torch.Generator().manual_seed(0)
-    leaves = []
-    for node in _user_placeholders(program):
-        val = node.meta["val"]
-        shape = [d if isinstance(d, int) else max(2, _lower_bound(program, d)) for d in val.shape]
-        leaves.append(torch.rand(shape, generator=generator).to(val.dtype))
-    in_spec = program.call_spec.in_spec
-    if in_spec is None:
-        return ModelInputs(tuple(leaves))
-    args, kwargs = pytree.tree_unflatten(leaves, in_spec)
-    return ModelInputs(tuple(args), dict(kwargs))
-
-
-def _lower_bound(program: ExportedProgram, dim: torch.SymInt) -> int:
-    for symbol, bounds in program.range_constraints.items():
-        if str(symbol) == str(dim):
-            return int(bounds.lower)
-    return 2

@@ -9,6 +9,8 @@ per-node SQNR (flat placeholders), latency and the reload check (every output le
   graph's placeholders follow the order they were flattened in.
 - Tensors are named like the forward's parameters: `input_ids`, `pixel_values`, and for
   nested values `inputs[0]` or `batch['image']`.
+- `InputSignature` is what data must look like for a model: its example inputs, the
+  forward's parameter names and which dims may vary (up to what size).
 - The prediction is the output leaf a recipe's `output` names (a key such as `logits`, a
   key path such as `['logits']`, or the index of a leaf in flattening order); by default
   `logits` when the output has one, else the first floating-point tensor.
@@ -27,6 +29,23 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from workbench.errors import WorkbenchError
+
+__all__ = [
+    "TARGET_KEYS",
+    "Bound",
+    "InputSignature",
+    "LeafCheck",
+    "ModelInputs",
+    "SignatureError",
+    "bind",
+    "compare_outputs",
+    "leaf_label",
+    "max_leaf_diff",
+    "output_leaves",
+    "parameter_names",
+    "prediction",
+    "prediction_label",
+]
 
 
 class SignatureError(WorkbenchError):
@@ -133,6 +152,16 @@ class ModelInputs:
 
             return list(fx_pytree.tree_flatten_spec((self.args, self.kwargs), info.in_spec))
         return list(pytree.tree_leaves((self.args, self.kwargs)))
+
+
+@dataclass(frozen=True)
+class InputSignature:
+    """What data must look like for a model: its example inputs and which dims may vary."""
+
+    example: ModelInputs
+    parameters: tuple[str, ...] = ()
+    # (input name, dim) -> the largest size the model takes there (None: unbounded)
+    dynamic: Mapping[tuple[str, int], int | None] = field(default_factory=dict)
 
 
 def _is_tensor(value: Any) -> bool:

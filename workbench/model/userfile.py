@@ -10,6 +10,14 @@ from pathlib import Path
 
 from workbench.errors import WorkbenchError, first_line
 
+__all__ = ["import_user_file", "split_file_spec"]
+
+
+def split_file_spec(text: str) -> tuple[str, str] | None:
+    """(path, FUNC) of `path/to/file.py:FUNC` (FUNC may be empty); None for any other form."""
+    path, sep, func = text.rpartition(":")
+    return (path, func) if sep and path.endswith(".py") else None
+
 
 def import_user_file(
     path: Path, *, prefix: str, error: type[WorkbenchError], what: str = "file"

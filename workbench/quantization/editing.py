@@ -1,4 +1,8 @@
-"""Editing a recipe node by node, as the app's editor and table do, and showing it on the graph."""
+"""Editing a recipe node by node, as the app's rule editor and settings table do.
+
+Every edit gives a new Recipe (recipes are frozen): a rule set, replaced or removed, or the
+cells changed in the table of effective settings turned into node rules.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,15 @@ import pandas as pd
 
 from workbench.graph.view import GraphView
 from workbench.quantization.recipe import Effective, MatchKind, Override, QuantSetting, Recipe
+
+__all__ = [
+    "SETTING_FIELDS",
+    "TABLE_COLUMNS",
+    "apply_table_edits",
+    "effective_table",
+    "rule_setting",
+    "set_override",
+]
 
 SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(QuantSetting))
 TABLE_COLUMNS = ("node", "op", "module", "module_type", "rule", *SETTING_FIELDS)
@@ -82,15 +95,6 @@ def apply_table_edits(recipe: Recipe, before: pd.DataFrame, after: pd.DataFrame)
         if changed:
             recipe = set_override(recipe, "node", name, QuantSetting(**current))
     return recipe
-
-
-def annotation_status(eff: Effective | None) -> str:
-    """float, default, override or not quantized: the colour group of a node."""
-    if eff is None:
-        return "not quantized"
-    if eff.setting.keep_float:
-        return "float"
-    return "default" if eff.rule == "default" else "override"
 
 
 def _blank(value: Any) -> bool:

@@ -1,11 +1,14 @@
 """A process-wide cache for the tiny pattern graphs torchao exports during prepare and convert.
 
 torchao's `_get_aten_graph_module_for_pattern` runs a strict `torch.export` of a small pattern
-function every time it is called: ~96 times in one QAT convert, 24 in prepare_qat, 6 per
-train/eval switch (PT2E_NOTES.md). The patterns do not depend on the user's model, only on
+function every time it is called: about 96 times in one QAT convert, 24 in prepare_qat and
+6 per train/eval switch (counted on torch 2.13 + torchao 0.18 with a conv-bn-relu CNN). The
+patterns do not depend on the user's model, only on
 the pattern function (its code, closure values and defaults), the example inputs' shapes,
 dtypes and devices, the keyword arguments and `is_cuda`. This module caches the exported
-graph under exactly that key and hands out deep copies, since callers rewrite them.
+graph under exactly that key and hands out deep copies, since callers rewrite them. A miss
+exports with strict=False through a copy of torchao's function body, used only while
+torchao's source is exactly the one copied (else misses call torchao's own function).
 
 QAT conv-bn fusion (prepare) and folding (convert) also try every conv type — conv1d,
 conv2d, conv_transpose1d, conv_transpose2d — exporting and matching its patterns even when the
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import importlib
 import inspect
 import logging
 import threading
@@ -36,6 +41,17 @@ import torch
 from torch.fx import GraphModule
 
 from workbench.locks import EXPORT_LOCK
+
+__all__ = [
+    "CacheStats",
+    "PatternCache",
+    "install_pattern_cache",
+    "installed_cache",
+    "pattern_cache",
+    "pattern_key",
+    "uninstall_pattern_cache",
+    "warm_pattern_cache",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +89,8 @@ class PatternCache:
     """The cache itself: a key -> GraphModule map behind a lock, callable like torchao's function.
 
     `strict` is passed to torch.export on a miss; strict=False was ~4x faster here and gave
-    identical graphs (tests compare converted models with the cache on and off).
+    identical graphs (tests compare converted models with the cache on and off). strict=True
+    calls torchao's own function.
     """
 
     def __init__(self, original: Callable[..., GraphModule], *, strict: bool = False) -> None:
@@ -127,7 +144,7 @@ class PatternCache:
     ) -> GraphModule:  # fmt: skip
         if self.strict:
             return self.original(pattern, example_inputs, is_cuda, **kwargs)
-        # torchao's body for torch 2.13, with strict=False where it passes strict=True.
+        # torchao's body (hash in _EXPORT_SOURCE) with strict=False where it passes strict=True.
         if is_cuda:
             example_inputs = tuple(
                 x.cuda() if isinstance(x, torch.Tensor) else x for x in example_inputs
@@ -218,7 +235,11 @@ def install_pattern_cache(*, strict: bool = False) -> PatternCache | None:
         modules = _patch_sites()
         if modules is None:
             return None
-        cache = PatternCache(getattr(modules[0], _FUNCTION), strict=strict)
+        original = getattr(modules[0], _FUNCTION)
+        if not strict and not _same_source(original, _EXPORT_SOURCE):
+            log.warning("pattern cache: %s changed, misses export it strictly", _FUNCTION)
+            strict = True
+        cache = PatternCache(original, strict=strict)
         for module in modules:
             setattr(module, _FUNCTION, cache)
         cache.skipping = _install_conv_skips()
@@ -290,8 +311,6 @@ def warm_pattern_cache() -> None:
 
 
 def _modules() -> list[types.ModuleType]:
-    import importlib
-
     return [importlib.import_module(name) for name in _SITES]
 
 
@@ -317,7 +336,9 @@ def _patch_sites() -> list[types.ModuleType] | None:
     return modules
 
 
-# sha256 (first 16 hex digits) of the sources the conv-helper skip replicates.
+# sha256 (first 16 hex digits) of the torchao source PatternCache._export copies ...
+_EXPORT_SOURCE = "2760e12e1e6e5325"
+# ... and of the sources the conv-helper skip replicates.
 _REPLICATED_SOURCES = {
     ("torchao.quantization.pt2e.qat_utils", "_fuse_conv_bn_qat_helper"): "bbed991592d56c25",
     ("torchao.quantization.pt2e.qat_utils", "_fold_conv_bn_qat_helper"): "a7f715d1f9f169b0",
@@ -330,17 +351,18 @@ _HELPERS = ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")
 _original_helpers: dict[str, Callable[..., GraphModule]] = {}
 
 
-def _sources_match() -> bool:
-    import hashlib
-    import importlib
+def _same_source(function: Any, expected: str) -> bool:
+    """Whether `function`'s source hashes to `expected` (sha256, first 16 hex digits)."""
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return hashlib.sha256(source.encode()).hexdigest()[:16] == expected
 
+
+def _replicated_sources_match() -> bool:
     for (module_name, name), expected in _REPLICATED_SOURCES.items():
-        function = getattr(importlib.import_module(module_name), name, None)
-        try:
-            source = inspect.getsource(function)  # type: ignore[arg-type]
-        except (OSError, TypeError):
-            return False
-        if hashlib.sha256(source.encode()).hexdigest()[:16] != expected:
+        if not _same_source(getattr(importlib.import_module(module_name), name, None), expected):
             log.warning("conv-helper skip off: %s.%s changed", module_name, name)
             return False
     return True
@@ -356,13 +378,25 @@ def _has_conv(m: GraphModule, conv_fn: Callable[..., Any]) -> bool:
     )
 
 
-def _skipping_fuse(m: GraphModule, conv_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _skipping(helper: str, without_match: Callable[[GraphModule], None]) -> Callable[..., Any]:
+    """A replacement for `helper` that runs only `without_match` where its conv type is absent."""
+
+    def replacement(m: GraphModule, conv_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if _has_conv(m, conv_fn):
+            return _original_helpers[helper](m, conv_fn, *args, **kwargs)
+        if _installed is not None:
+            with _installed._lock:
+                _installed.stats.skipped_helpers += 1
+        without_match(m)
+        return m
+
+    return replacement
+
+
+def _fuse_without_match(m: GraphModule) -> None:
+    """What _fuse_conv_bn_qat_helper does when none of its patterns match."""
     import torchao.quantization.pt2e.qat_utils as qat_utils
 
-    if _has_conv(m, conv_fn):
-        return _original_helpers["_fuse_conv_bn_qat_helper"](m, conv_fn, *args, **kwargs)
-    _count_skip()
-    # What _fuse_conv_bn_qat_helper does when none of its patterns match.
     m.graph.eliminate_dead_code()
     m.recompile()
     for _ in range(2):  # two replace_pattern_with_filters calls, each followed by recompile
@@ -371,16 +405,12 @@ def _skipping_fuse(m: GraphModule, conv_fn: Callable[..., Any], *args: Any, **kw
         m.recompile()
     for node in m.graph.nodes:
         qat_utils._update_special_qspecs_after_replacement(node, {})
-    return m
 
 
-def _skipping_fold(m: GraphModule, conv_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _fold_without_match(m: GraphModule) -> None:
+    """What _fold_conv_bn_qat_helper does when none of its patterns match."""
     import torchao.quantization.pt2e.qat_utils as qat_utils
 
-    if _has_conv(m, conv_fn):
-        return _original_helpers["_fold_conv_bn_qat_helper"](m, conv_fn, *args, **kwargs)
-    _count_skip()
-    # What _fold_conv_bn_qat_helper does when none of its patterns match.
     m.graph.eliminate_dead_code()
     m.recompile()
     qat_utils._duplicate_dequantize_node(m)
@@ -389,23 +419,17 @@ def _skipping_fold(m: GraphModule, conv_fn: Callable[..., Any], *args: Any, **kw
     qat_utils._remove_extra_dequantize(m)
     m.graph.eliminate_dead_code()
     m.recompile()
-    return m
-
-
-def _count_skip() -> None:
-    if _installed is not None:
-        with _installed._lock:
-            _installed.stats.skipped_helpers += 1
 
 
 def _install_conv_skips() -> bool:
     import torchao.quantization.pt2e.qat_utils as qat_utils
 
-    if not _sources_match():
+    if not _replicated_sources_match():
         return False
-    for name, replacement in zip(_HELPERS, (_skipping_fuse, _skipping_fold), strict=True):
+    for name, without_match in zip(_HELPERS, (_fuse_without_match, _fold_without_match),
+                                   strict=True):  # fmt: skip
         _original_helpers[name] = getattr(qat_utils, name)
-        setattr(qat_utils, name, replacement)
+        setattr(qat_utils, name, _skipping(name, without_match))
     return True
 
 

@@ -30,9 +30,24 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
+from workbench.graph.nodes import is_get_attr
+from workbench.graph.provenance import node_source
 from workbench.graph.view import GraphView
 from workbench.locks import EXPORT_LOCK
 from workbench.quantization.recipe import LEVELS, Effective, QuantSetting, Recipe, resolve
+
+__all__ = [
+    "ACTIVATION_FIELDS",
+    "ANNOTATION_KEY",
+    "DTYPE_RANGES",
+    "RecipeQuantizer",
+    "base_quantizer",
+    "drop_dangling_shared_specs",
+    "edit_spec",
+    "exported_name",
+    "observer_constructor",
+    "quantizable_nodes",
+]
 
 ANNOTATION_KEY = "quantization_annotation"
 _EPS = 2**-12
@@ -111,26 +126,24 @@ class RecipeQuantizer(Quantizer):
 
 def exported_name(node: Node) -> str:
     """The name this node had in the exported graph it descends from."""
-    sources = node.meta.get("from_node") or []
-    if not sources:
-        return node.name
-    root = sources[-1]
-    while root.from_node:
-        root = root.from_node[-1]
-    return str(root.name)
+    return node_source(node).name
 
 
 def quantizable_nodes(gm: GraphModule, recipe: Recipe, view: GraphView) -> dict[str, Effective]:
     """Exported-graph nodes the backend quantizes, with their effective settings.
 
-    Runs the same steps prepare does before annotating (conv-bn fusion in PTQ) on a copy.
+    Runs the steps prepare runs before annotating on a copy: `prepare_pt2e` (PTQ) folds
+    conv-bn and then linear-bn into the weights first, so the backend annotates the fused
+    graph (xnnpack then sees linear+relu where a BatchNorm1d stood between them);
+    `prepare_qat_pt2e` annotates the graph as exported and fuses afterwards.
     """
     model = copy.deepcopy(gm)
     if recipe.mode == "ptq":
-        from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+        from torchao.quantization.pt2e.utils import _fuse_conv_bn_, _fuse_linear_bn_
 
         with EXPORT_LOCK:
             _fuse_conv_bn_(model)
+            _fuse_linear_bn_(model)
     quantizer = RecipeQuantizer(recipe, view)
     quantizer.annotate(quantizer.transform_for_annotation(model))
     order = {n.name: i for i, n in enumerate(view.nodes)}
@@ -147,7 +160,7 @@ def _apply_setting(
         return
     for arg, spec in annotation.input_qspec_map.items():
         if isinstance(spec, QuantizationSpec):
-            role = "weight" if arg.op == "get_attr" else "activation"
+            role = "weight" if is_get_attr(arg) else "activation"
             annotation.input_qspec_map[arg] = edit_spec(spec, setting, role, is_qat=is_qat)
     if isinstance(annotation.output_qspec, QuantizationSpec):
         annotation.output_qspec = edit_spec(
@@ -322,13 +335,3 @@ def _quantized(edge_or_node: Node | tuple[Node, Node]) -> bool:
         return annotation is not None and annotation.input_qspec_map.get(producer) is not None
     annotation = edge_or_node.meta.get(ANNOTATION_KEY)
     return annotation is not None and annotation.output_qspec is not None
-
-
-__all__ = [
-    "RecipeQuantizer",
-    "base_quantizer",
-    "drop_dangling_shared_specs",
-    "edit_spec",
-    "exported_name",
-    "quantizable_nodes",
-]

@@ -21,6 +21,31 @@ from workbench.data.task import Task
 from workbench.errors import WorkbenchError
 from workbench.graph.view import FAMILIES, GraphView, NodeInfo
 
+__all__ = [
+    "BACKENDS",
+    "DTYPES",
+    "GRANULARITIES",
+    "LEVELS",
+    "MATCH_KINDS",
+    "MODES",
+    "OBSERVERS",
+    "SCHEMA_VERSION",
+    "SCHEMES",
+    "TASK_FIELDS",
+    "Effective",
+    "MatchKind",
+    "Override",
+    "QuantSetting",
+    "Recipe",
+    "RecipeError",
+    "annotation_status",
+    "check_output",
+    "effective_settings",
+    "module_matches",
+    "resolve",
+    "validate",
+]
+
 SCHEMA_VERSION = 1
 BACKENDS = ("x86_inductor", "xnnpack")
 MODES = ("ptq", "qat")
@@ -45,6 +70,16 @@ def _check_choice(where: str, value: Any, allowed: Iterable[str]) -> None:
         raise RecipeError(
             f"{where} is {value!r}, which is not a known value.",
             f"Use one of: {', '.join(allowed)}.",
+        )
+
+
+def _check_known(subject: str, data: Mapping[str, Any], known: Iterable[str]) -> None:
+    """Raise RecipeError naming the fields of `data` that are not `known`, and those that are."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise RecipeError(
+            f"{subject} has unknown field(s): {', '.join(unknown)}.",
+            f"Known fields: {', '.join(sorted(known))}.",
         )
 
 
@@ -79,13 +114,7 @@ class QuantSetting:
     def from_dict(cls, data: Any, where: str) -> QuantSetting:
         if not isinstance(data, Mapping):
             raise RecipeError(f"{where} is not an object.", 'Write it as {"field": value, ...}.')
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RecipeError(
-                f"{where} has unknown field(s): {', '.join(unknown)}.",
-                f"Known fields: {', '.join(sorted(known))}.",
-            )
+        _check_known(where, data, [f.name for f in dataclasses.fields(cls)])
         return cls(**data)
 
 
@@ -180,13 +209,8 @@ class Recipe:
     def from_dict(cls, data: Any) -> Recipe:
         if not isinstance(data, Mapping):
             raise RecipeError("The recipe is not a JSON object.", "Start it with {.")
-        known = {"version", "backend", "mode", "default", "overrides", *TASK_FIELDS}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RecipeError(
-                f"The recipe has unknown field(s): {', '.join(unknown)}.",
-                f"Known fields: {', '.join(sorted(known))}.",
-            )
+        _check_known("The recipe", data, ["version", "backend", "mode", "default", "overrides",
+                                          *TASK_FIELDS])  # fmt: skip
         version = data.get("version", SCHEMA_VERSION)
         if type(version) is not int or version != SCHEMA_VERSION:
             raise RecipeError(
@@ -244,6 +268,16 @@ class Effective:
     rule: str  # "default", or the label of the highest-precedence matching override
     level: str  # one of LEVELS
     sources: Mapping[str, str]  # field -> "default" or an override label
+
+
+def annotation_status(eff: Effective | None) -> str:
+    """float, default, override or not quantized: how a node's setting was decided (None: the
+    node has no setting, it is not quantized)."""
+    if eff is None:
+        return "not quantized"
+    if eff.setting.keep_float:
+        return "float"
+    return "default" if eff.rule == "default" else "override"
 
 
 def resolve(recipe: Recipe, node: NodeInfo) -> Effective:

@@ -19,6 +19,20 @@ import torch
 from workbench.locks import EXPORT_LOCK
 from workbench.model.signature import ModelInputs
 
+__all__ = [
+    "BATCH_SECONDS",
+    "CALIBRATION_SECONDS",
+    "DEFAULT_BATCH",
+    "DEFAULT_BATCHES",
+    "EVALUATION_SECONDS",
+    "MIN_EVAL_SAMPLES",
+    "Costs",
+    "Defaults",
+    "Estimates",
+    "about",
+    "choose_defaults",
+]
+
 CALIBRATION_SECONDS = 15.0  # default calibration aims at this long (10-20 s)
 EVALUATION_SECONDS = 8.0  # default evaluation size: float + int8 passes about this long
 BATCH_SECONDS = 1.5  # no default batch takes longer than this in calibration

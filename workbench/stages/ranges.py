@@ -1,10 +1,11 @@
 """Recording what the fake quantizers learn during QAT, step by step, into preallocated tensors.
 
 Each step copies every fake-quant's scale, zero point and observer min/max into one slot of
-tensors allocated up front; building Python dicts per step would cost more than the step
-(PT2E_NOTES.md, QAT). A PTQ-prepared graph has bare observers instead of fake quantizers:
-they are recorded the same way, batch by batch during calibration, with min and max only
-(an observer has no scale until convert computes it; those fields stay NaN).
+tensors allocated up front: building Python dicts of every quantizer's values at each step
+would cost more than a QAT step of a small model. A PTQ-prepared graph has bare observers
+instead of fake quantizers: they are recorded the same way, batch by batch during
+calibration, with min and max only (an observer has no scale until convert computes it;
+those fields stay NaN).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import torch
 from torch.fx import GraphModule
+
+__all__ = ["FIELDS", "FakeQuantInfo", "RangeRecorder", "fake_quantizers"]
 
 FIELDS = ("scale", "zero_point", "min", "max")
 

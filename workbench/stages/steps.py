@@ -1,7 +1,9 @@
-"""The PT2E stages as immutable snapshots: exported, prepared, calibrated/trained, converted.
+"""The PT2E steps that make each stage from the one before: capture -> prepare -> calibrate ->
+convert, and calling or evaluating any stage's module.
 
 Every function takes a stage and returns a new one; torchao's passes mutate their input, so
-each works on a deep copy and the stage it was given stays as it was.
+each works on a deep copy and the stage it was given stays as it was. Training (QAT) builds on
+these steps in `workbench.stages.training`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import copy
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,77 +22,34 @@ from torchao.quantization.pt2e import (
 )
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
-from workbench.data.datasets import Batch, Dataset
+from workbench.data.datasets import Dataset
 from workbench.data.task import Task
-from workbench.errors import InputShapeError, WorkbenchError, first_line
-from workbench.graph.view import GraphView, describe
+from workbench.errors import InputShapeError, first_line
+from workbench.graph.view import describe
 from workbench.locks import EXPORT_LOCK
 from workbench.model.capture import CapturedModel
 from workbench.model.signature import ModelInputs
 from workbench.quantization.quantizer import RecipeQuantizer
-from workbench.quantization.recipe import Effective, Recipe, validate
+from workbench.quantization.recipe import Recipe, validate
 from workbench.stages.ranges import RangeRecorder
+from workbench.stages.stage import Stage
 
-Progress = Callable[[int, int, dict[str, Any]], None]
-StopRequested = Callable[[], bool]
+__all__ = [
+    "StepProgress",
+    "StopRequested",
+    "calibrate",
+    "call",
+    "convert",
+    "evaluate",
+    "exported_stage",
+    "prepare",
+    "run",
+]
 
-
-class TrainingError(WorkbenchError):
-    """Training could not go on (for example, the loss became NaN)."""
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One snapshot of the model: treat `graph_module` as read-only, copy before changing it."""
-
-    name: str
-    graph_module: GraphModule
-    created_by: str
-    seconds: float
-    recipe: Recipe | None = None
-    applied: dict[str, Effective] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-    history: tuple[dict[str, Any], ...] = ()
-    ranges: RangeRecorder | None = None
-
-    def view(self) -> GraphView:
-        return describe(self.graph_module, stage=self.name)
-
-    def copy_module(self) -> GraphModule:
-        return copy.deepcopy(self.graph_module)
-
-
-@dataclass(frozen=True)
-class QatConfig:
-    """How to train with fake quantization in the loop."""
-
-    steps: int = 120
-    batch_size: int = 64
-    lr: float = 1e-4
-    optimizer: str = "adam"
-    freeze_bn_step: int | None = None  # default: 60 % of the steps
-    freeze_observer_step: int | None = None  # default: 80 % of the steps
-    eval_every: int = 0  # 0: only at the end
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or not (self.lr > 0):
-            raise WorkbenchError(
-                f"QAT settings steps={self.steps}, batch_size={self.batch_size}, lr={self.lr} "
-                "are out of range.",
-                "Use steps >= 0, batch_size >= 1 and a positive learning rate.",
-            )
-        if self.optimizer not in ("adam", "sgd"):
-            raise WorkbenchError(f"Unknown optimizer {self.optimizer!r}.", "Use adam or sgd.")
-
-    @property
-    def bn_freeze_at(self) -> int:
-        return self.freeze_bn_step if self.freeze_bn_step is not None else int(self.steps * 0.6)
-
-    @property
-    def observer_freeze_at(self) -> int:
-        step = self.freeze_observer_step
-        return step if step is not None else int(self.steps * 0.8)
+# Told after each unit of work (a calibration batch, a training step, a sensitivity run):
+# (units done, units in all, that unit's record, e.g. {"stage": "train", "step", "loss"}).
+StepProgress = Callable[[int, int, dict[str, Any]], None]
+StopRequested = Callable[[], bool]  # asked before each unit of work; True ends the work there
 
 
 def exported_stage(captured: CapturedModel) -> Stage:
@@ -126,14 +84,14 @@ def calibrate(
     *,
     batches: int = 16,
     batch_size: int = 64,
-    progress: Progress | None = None,
+    progress: StepProgress | None = None,
     should_stop: StopRequested | None = None,
     record_ranges: bool = False,
 ) -> Stage:
     """Run calibration batches through a copy of a prepared stage so observers record ranges.
 
     With `record_ranges`, every observer's min/max after each batch is kept in the returned
-    stage's `ranges` (qat.RangeRecorder; steps are batch numbers).
+    stage's `ranges` (a RangeRecorder whose steps are batch numbers).
     """
     model = stage.copy_module()
     with EXPORT_LOCK:
@@ -159,40 +117,6 @@ def calibrate(
     )  # fmt: skip
 
 
-def train_qat(
-    stage: Stage,
-    data: Dataset,
-    config: QatConfig,
-    *,
-    teacher: GraphModule | None = None,
-    progress: Progress | None = None,
-    should_stop: StopRequested | None = None,
-    record_ranges: bool = False,
-) -> Stage:
-    """Train a copy of a QAT-prepared stage; BN statistics and observers freeze on schedule.
-
-    `teacher` (the float model) supplies targets when the data has none. With
-    `record_ranges`, every fake quantizer's scale, zero point and min/max after each step
-    are kept in the returned stage's `ranges`. One uninterrupted `runner.QatRun`, evaluating
-    every `config.eval_every` steps (0: never).
-    """
-    from workbench.stages.training import QatRun  # the runner builds on this module
-
-    run = QatRun(stage, data, config, teacher=teacher, record_ranges=record_ranges)
-    return run.run(progress=progress, should_stop=should_stop).stage()
-
-
-def freeze_bn_(model: GraphModule) -> None:
-    """Use running BN statistics from now on (aten.batch_norm's `training` argument is 5)."""
-    changed = False
-    for node in model.graph.nodes:
-        if node.target is torch.ops.aten.batch_norm.default and node.args[5] is not False:
-            node.args = (*node.args[:5], False, *node.args[6:])
-            changed = True
-    if changed:
-        model.recompile()
-
-
 def convert(stage: Stage, *, reference: bool = False) -> Stage:
     """Fold BN, replace observers with quantize/dequantize and weights with int tensors."""
     model = stage.copy_module()
@@ -205,25 +129,6 @@ def convert(stage: Stage, *, reference: bool = False) -> Stage:
     return Stage(
         "converted", converted, how, time.perf_counter() - start, stage.recipe, stage.applied
     )
-
-
-def trained_float(exported: Stage, trained: Stage) -> GraphModule:
-    """The float graph carrying a QAT-trained stage's weights and BatchNorm statistics.
-
-    QAT moves the float weights; comparing the int8 model with this float model measures the
-    quantization error alone, without the training drift. Parameters and buffers are matched
-    by name and shape (the prepared graph keeps the exported module paths); anything else,
-    such as a BN's num_batches_tracked, keeps the exported value.
-    """
-    model = exported.copy_module()
-    own = model.state_dict()
-    shared = {
-        name: value
-        for name, value in trained.graph_module.state_dict().items()
-        if name in own and own[name].shape == value.shape
-    }
-    model.load_state_dict(shared, strict=False)
-    return model
 
 
 def call(model: torch.nn.Module, inputs: ModelInputs) -> Any:
@@ -269,18 +174,6 @@ def evaluate(
             total, count, samples = total + part, count + parts, samples + batch.size
     data.counted_eval(samples)
     return Task.finish(total, count, data.quality)
-
-
-def _loss(
-    model: GraphModule, batch: Batch, data: Dataset, teacher: GraphModule | None
-) -> torch.Tensor:
-    out = call(model, batch.inputs)
-    reference = None
-    if data.needs_teacher(batch):
-        assert teacher is not None
-        with torch.no_grad():
-            reference = call(teacher, batch.inputs)
-    return data.task.loss_value(out, batch.raw, batch.targets, reference)
 
 
 def _has_observers(model: GraphModule) -> bool:

@@ -1,9 +1,10 @@
-"""A resumable QAT run: step by step, with evaluations, checkpoints and a NaN guard.
+"""Quantization-aware training: its settings (`QatConfig`), a resumable run (`QatRun`), one
+uninterrupted run (`train_qat`) and the errors training raises.
 
 `QatRun` trains a copy of a QAT-prepared stage one step at a time (seeded batches, BN freeze
 and observer freeze on the config's schedule), so the app can show progress, stop within a
 step, evaluate every `eval_every` steps and save checkpoints that a later process resumes
-from with bit-identical results; `pipeline.train_qat` is one uninterrupted run.
+from with bit-identical results; `train_qat` is one uninterrupted run.
 
 Checkpoints are files this runner wrote with `torch.save`: model state_dict, optimizer state,
 step, RNG states, loss and evaluation history and the range recorder's buffers. They are read
@@ -23,6 +24,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +41,61 @@ from workbench.data.datasets import Batch, Dataset
 from workbench.errors import WorkbenchError
 from workbench.locks import EXPORT_LOCK
 from workbench.stages.ranges import RangeRecorder
-from workbench.stages.steps import (
-    Progress,
-    QatConfig,
-    Stage,
-    StopRequested,
-    TrainingError,
-    _loss,
-    evaluate,
-    freeze_bn_,
-)
+from workbench.stages.stage import Stage
+from workbench.stages.steps import StepProgress, StopRequested, call, evaluate
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "CHECKPOINT_VERSION",
+    "QatConfig",
+    "QatRun",
+    "TrainingError",
+    "freeze_bn_",
+    "train_qat",
+]
 
 CHECKPOINT_FORMAT = "workbench-qat-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "qat-checkpoint.pt"
 Batches = Iterator[Batch]
+
+
+class TrainingError(WorkbenchError):
+    """Training could not go on (for example, the loss became NaN)."""
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    """How to train with fake quantization in the loop."""
+
+    steps: int = 120
+    batch_size: int = 64
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    freeze_bn_step: int | None = None  # default: 60 % of the steps
+    freeze_observer_step: int | None = None  # default: 80 % of the steps
+    eval_every: int = 0  # 0: only at the end
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or not (self.lr > 0):
+            raise WorkbenchError(
+                f"QAT settings steps={self.steps}, batch_size={self.batch_size}, lr={self.lr} "
+                "are out of range.",
+                "Use steps >= 0, batch_size >= 1 and a positive learning rate.",
+            )
+        if self.optimizer not in ("adam", "sgd"):
+            raise WorkbenchError(f"Unknown optimizer {self.optimizer!r}.", "Use adam or sgd.")
+
+    @property
+    def bn_freeze_at(self) -> int:
+        return self.freeze_bn_step if self.freeze_bn_step is not None else int(self.steps * 0.6)
+
+    @property
+    def observer_freeze_at(self) -> int:
+        step = self.freeze_observer_step
+        return step if step is not None else int(self.steps * 0.8)
 
 
 class QatRun:
@@ -336,7 +378,7 @@ class QatRun:
         return record
 
     def run(
-        self, *, progress: Progress | None = None, should_stop: StopRequested | None = None
+        self, *, progress: StepProgress | None = None, should_stop: StopRequested | None = None
     ) -> QatRun:
         """Step until the run is complete or `should_stop()` says so (checked before each step)."""
         self.stopped = False
@@ -372,6 +414,50 @@ class QatRun:
             self.seconds, self.source.recipe, self.source.applied, notes,
             tuple(self.train_history()), recorder,
         )  # fmt: skip
+
+
+def train_qat(
+    stage: Stage,
+    data: Dataset,
+    config: QatConfig,
+    *,
+    teacher: GraphModule | None = None,
+    progress: StepProgress | None = None,
+    should_stop: StopRequested | None = None,
+    record_ranges: bool = False,
+) -> Stage:
+    """Train a copy of a QAT-prepared stage; BN statistics and observers freeze on schedule.
+
+    `teacher` (the float model) supplies targets when the data has none. With
+    `record_ranges`, every fake quantizer's scale, zero point and min/max after each step
+    are kept in the returned stage's `ranges`. One uninterrupted `QatRun`, evaluating
+    every `config.eval_every` steps (0: never).
+    """
+    run = QatRun(stage, data, config, teacher=teacher, record_ranges=record_ranges)
+    return run.run(progress=progress, should_stop=should_stop).stage()
+
+
+def freeze_bn_(model: GraphModule) -> None:
+    """Use running BN statistics from now on (aten.batch_norm's `training` argument is 5)."""
+    changed = False
+    for node in model.graph.nodes:
+        if node.target is torch.ops.aten.batch_norm.default and node.args[5] is not False:
+            node.args = (*node.args[:5], False, *node.args[6:])
+            changed = True
+    if changed:
+        model.recompile()
+
+
+def _loss(
+    model: GraphModule, batch: Batch, data: Dataset, teacher: GraphModule | None
+) -> torch.Tensor:
+    out = call(model, batch.inputs)
+    reference = None
+    if data.needs_teacher(batch):
+        assert teacher is not None
+        with torch.no_grad():
+            reference = call(teacher, batch.inputs)
+    return data.task.loss_value(out, batch.raw, batch.targets, reference)
 
 
 def _settings(config: QatConfig) -> dict[str, Any]:
