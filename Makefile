@@ -6,7 +6,7 @@ PORT   ?= 8501
 MODEL  ?= sample:digits_cnn
 SUDO_HINT = run as root, or install them yourself:
 
-.PHONY: run test setup test-setup graphviz chromium lint bench weights clean
+.PHONY: run test test-fast setup test-setup graphviz chromium lint bench weights clean
 
 # The view cache warmed first (a no-op when it holds the model): the graph then draws at once.
 run: setup graphviz
@@ -16,6 +16,10 @@ run: setup graphviz
 
 test: test-setup graphviz chromium lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# The inner loop (under 2 minutes): no browser, no subprocess CLI runs, no AppTest sessions.
+test-fast: test-setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not browser"
 
 lint: test-setup
 	$(PY) -m ruff check .

@@ -14,29 +14,19 @@ prints them.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
+from benchmarks.harness import ARTIFACTS, CHROMIUM, chromium, streamlit_server
+
 RESNET = "benchmarks/models.py:resnet50"
 SYNTHETIC = "benchmarks/models.py:deep_stack"
 GOAL_S = 2.0
@@ -44,63 +34,18 @@ CLICKS = 3
 Row = tuple[str, str, str, str, str]  # what, workbench, baseline, ratio, goal
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serve(script: str, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`streamlit run SCRIPT -- ARGS` on a free loopback port; yields its URL, stops it by PID."""
-    port = _free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS.joinpath(f"bench-{Path(script).stem}.log").open("w")
-    command = [sys.executable, "-m", "streamlit", "run", script, f"--server.port={port}",
-               "--server.address=127.0.0.1", "--server.headless=true",
-               "--browser.gatherUsageStats=false", "--server.fileWatcherType=none"]  # fmt: skip
-    if args:
-        command += ["--", *args]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=full_env)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.read() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start; see {log.name}")
-            time.sleep(0.3)
+    """`streamlit run SCRIPT -- ARGS` (see `benchmarks.harness`); yields its URL."""
+    with streamlit_server(script, *args, env=env, log_name=f"bench-{Path(script).stem}.log") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @contextmanager
 def browser() -> Iterator[Any]:
     """A Chromium page (Playwright, Debian's /usr/bin/chromium), 1600x1000."""
-    from playwright.sync_api import sync_playwright
-
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1600, "height": 1000},
-        )  # fmt: skip
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
+    with chromium(width=1600) as context:
+        yield context.pages[0] if context.pages else context.new_page()
 
 
 def painted(page: Any) -> None:

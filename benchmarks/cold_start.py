@@ -17,23 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
+from benchmarks.harness import ROOT, chromium, free_port, start_streamlit, stop, wait_healthy
+
 DEFAULT_MODEL = "sample:digits_cnn"
 BIG_MODEL = "benchmarks/models.py:resnet50"  # an HF ResNet-50, 497 graph nodes
 CASES = ("warm", "empty", "old")
@@ -46,12 +39,6 @@ class Timing:
     graph: float  # the first g.node of the graph in the DOM
     ready: float  # the Graph page's controls (the model loaded)
     boxes: int  # g.node elements once ready
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(workspace: Path, case: str) -> dict[str, str]:
@@ -69,46 +56,15 @@ def warm_cache(workspace: Path, model: str) -> None:
     )  # fmt: skip
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                if reply.read() == b"ok":
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("streamlit exited before it was healthy")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"streamlit was not healthy in {timeout:.0f} s")
-        time.sleep(0.02)
-
-
 def cold_start(model: str, case: str, workspace: Path) -> Timing:
     """Start the app on `workspace` and time one cold start (see the module docstring)."""
-    from playwright.sync_api import sync_playwright
-
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app.py", f"--server.port={port}",
-        "--server.address=127.0.0.1", "--server.headless=true",
-        "--browser.gatherUsageStats=false", "--server.fileWatcherType=none", "--",
-        "--model", model,
-    ]  # fmt: skip
-    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-        context = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1500, "height": 1000},
-        )  # fmt: skip
+    with chromium() as context:
         page = context.new_page()
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=_env(workspace, case), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+        proc = start_streamlit(port, "app.py", ("--model", model), env=_env(workspace, case))
         try:
-            _wait_healthy(url, proc)
+            wait_healthy(url, proc)
             healthy = time.perf_counter()
             page.goto(url)
             page.locator("g.node").first.wait_for(timeout=180_000)
@@ -117,12 +73,7 @@ def cold_start(model: str, case: str, workspace: Path) -> Timing:
             ready = time.perf_counter() - healthy
             return Timing(graph, ready, page.locator("g.node").count())
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-            context.close()
+            stop(proc)
 
 
 def graph_size(model: str, workspace: Path) -> tuple[int, int] | None:

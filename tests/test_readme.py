@@ -30,3 +30,21 @@ def test_readme_starts_with_the_two_commands() -> None:
     lines = README.read_text().splitlines()
     commands = [line for line in lines[:8] if line.startswith("make ")]
     assert [c.split()[1] for c in commands] == ["run", "test"]
+
+
+def test_readme_layout_lists_every_package_once() -> None:
+    """The layout table has one row per library package and per top-level folder of code."""
+    layout = README.read_text().split("## Layout", 1)[1]
+    cells = re.findall(r"^\| ([^|]+) \|", layout, re.M)  # the first cell of each row
+    rows = [path for cell in cells for path in re.findall(r"`([^`]+)`", cell)]
+    root = README.parent
+    packages = sorted(
+        str(init.parent.relative_to(root)) + "/"
+        for init in (root / "workbench").rglob("__init__.py")
+        if init.parent != root / "workbench"
+    )
+    assert packages, "the library has packages"
+    for package in packages:
+        assert rows.count(package) == 1, package
+    for folder in ("workbench/", "app_pages/", "ui/", "sample_models/", "tests/", "benchmarks/"):
+        assert any(row == folder or row.startswith(folder) for row in rows), folder

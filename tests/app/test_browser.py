@@ -3,104 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from benchmarks.harness import CHROMIUM
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """`streamlit run app.py` with a fresh workspace on a free loopback port, stopped by PID.
-
-    Yields the URL and the workspace folder.
-    """
-    port = _free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS.joinpath("streamlit.log").open("w")
-    workspace = tmp_path_factory.mktemp("workspace")
-    env = {**os.environ, "WORKBENCH_WORKSPACE": str(workspace)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", f"--server.port={port}",
-         "--server.address=127.0.0.1", "--server.headless=true",
-         "--browser.gatherUsageStats=false", "--server.fileWatcherType=none"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.read() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "streamlit exited; see artifacts/streamlit.log"
-            assert time.monotonic() < deadline, "streamlit did not become healthy in 90 s"
-            time.sleep(0.5)
-        yield url, workspace
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
-@pytest.fixture
-def server(app_server: tuple[str, Path]) -> str:
-    return app_server[0]
-
-
-@pytest.fixture
-def page(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
-    """A Chromium page; when the test fails, every open tab is saved as a screenshot in
-    artifacts/ (failed-TEST-N.png) to see what the browser showed."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1500, "height": 1000}, accept_downloads=True,
-        )  # fmt: skip
-        try:
-            yield context.new_page()
-        finally:
-            report = getattr(request.node, "report_call", None)
-            if report is not None and report.failed:
-                for n, tab in enumerate(context.pages):
-                    tab.screenshot(path=str(ARTIFACTS / f"failed-{request.node.name}-{n}.png"),
-                                   full_page=True)  # fmt: skip
-            context.close()
 
 
 def _choose(page, label: str, option: str) -> None:  # type: ignore[no-untyped-def]
@@ -299,8 +216,8 @@ def test_whole_journey_annotate_train_convert_sqnr_export(  # type: ignore[no-un
     from workbench.data.datasets import load_data
     from workbench.model.capture import capture
     from workbench.quantization.recipe import Recipe
-    from workbench.stages.steps import QatConfig, convert, exported_stage, prepare
-    from workbench.stages.training import QatRun
+    from workbench.stages.steps import convert, exported_stage, prepare
+    from workbench.stages.training import QatConfig, QatRun
 
     url, workspace = app_server
     page.set_viewport_size({"width": 1500, "height": 2400})  # whole pages in the screenshots
