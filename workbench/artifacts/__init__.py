@@ -1,0 +1,3 @@
+"""What the workbench writes: the exported .pt2 and its reload check, the report, the workspace
+folder.
+"""
