@@ -300,14 +300,20 @@ def warm_pattern_cache() -> None:
 
     example = (torch.randn(2, 2, 2, 2),)
     for backend in ("x86_inductor", "xnnpack"):
+        # Each step holds EXPORT_LOCK whole, as the session's own steps do: torchao's passes
+        # are not thread-safe between their pattern exports either (run unlocked, a session's
+        # export at the same time reloaded 0.0124 away from its in-memory model). A session's
+        # capture or prepare still runs between two steps of the warm-up.
         with EXPORT_LOCK:
             model = torch.export.export(Tiny().eval(), example).module()
-        # Only the pattern exports inside hold EXPORT_LOCK, so a session's own capture or
-        # prepare can run between them instead of waiting for the whole warm-up.
-        prepared = prepare_qat_pt2e(model, base_quantizer(backend, is_qat=True))
-        prepared(*example)
-        move_exported_model_to_eval(prepared)
-        convert_pt2e(prepared)
+        with EXPORT_LOCK:
+            prepared = prepare_qat_pt2e(model, base_quantizer(backend, is_qat=True))
+        with EXPORT_LOCK:
+            prepared(*example)
+        with EXPORT_LOCK:
+            move_exported_model_to_eval(prepared)
+        with EXPORT_LOCK:
+            convert_pt2e(prepared)
 
 
 def _modules() -> list[types.ModuleType]:
