@@ -151,6 +151,8 @@ if current is not None and build is not None and key == state.stages_key():
     downloads[1].download_button("recipe.json", state.recipe.to_json(), "recipe.json")
     downloads[2].download_button("report.json", json.dumps(report, indent=2), "report.json")
     st.caption(f"Built by this browser session only, in {saved.path.parent}.")
+    st.markdown("**Load model.pt2 in a plain script** (torchao must be imported first)")
+    st.code(report["load"], language="python")
 st.markdown("**Reproduce headless**")
 assert state.spec is not None
 st.code(reproduce_command(state.spec, "recipe.json", mode, schedule.data_spec, schedule.steps,

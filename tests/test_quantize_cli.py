@@ -223,7 +223,8 @@ BAD_INPUTS = {
     "missing_module": ["module 'block3' (closest: block2, block1, block2.bn)"],
     "nan_data": ["training batch 0 of", "contain NaN or infinite values (x, samples [5])",
                  "Clean or drop those samples"],
-    "out_not_pt2": ["m.onnx does not end in .pt2.", "Name the file MODEL.pt2."],
+    "out_not_pt2": ["m.onnx does not end in .pt2 or .pte.",
+                    "Name the file MODEL.pt2 (torch.export) or MODEL.pte"],
     "out_missing_folder": ["missing does not exist.", "Create it first."],
 }  # fmt: skip
 

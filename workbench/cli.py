@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=_inspect)
 
     quantize = commands.add_parser(
-        "quantize", help="PTQ or QAT a model and write a reload-checked .pt2 and a report"
+        "quantize", help="PTQ or QAT a model and write a reload-checked .pt2 (or .pte) and a report"
     )
     _add_model_args(quantize)
     _add_recipe_args(quantize)
@@ -125,7 +125,11 @@ def _parser() -> argparse.ArgumentParser:
         "--freeze-observer-step", type=int, default=None,
         help="QAT step after which observer ranges freeze (default: 80%% of the steps)",
     )  # fmt: skip
-    quantize.add_argument("--out", type=Path, required=True, help="the .pt2 to write")
+    quantize.add_argument(
+        "--out", type=Path, required=True,
+        help="the .pt2 to write, or a .pte: lowered to ExecuTorch with XNNPACK, checked in "
+        "its runtime, with the .pt2 written beside it",
+    )  # fmt: skip
     quantize.add_argument("--report", type=Path, default=None, help="the JSON report to write")
     quantize.add_argument(
         "--recipe-out",
@@ -300,11 +304,15 @@ def _quantize(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"--eval-samples {args.eval_samples} is not a number of samples.",
                              "Give a positive count, or leave it out to evaluate on all of "
                              "them.")  # fmt: skip
-    if args.out.suffix != ".pt2":
-        raise WorkbenchError(f"--out {args.out} does not end in .pt2.", "Name the file MODEL.pt2.")
+    if args.out.suffix not in (".pt2", ".pte"):
+        raise WorkbenchError(
+            f"--out {args.out} does not end in .pt2 or .pte.",
+            "Name the file MODEL.pt2 (torch.export) or MODEL.pte (ExecuTorch with XNNPACK).",
+        )
     from workbench.artifacts.export import check_writable
 
-    for path in (args.out, args.report, args.recipe_out):
+    pt2 = args.out.with_suffix(".pt2")
+    for path in (args.out, pt2, args.report, args.recipe_out):
         if path is not None:
             check_writable(path)
     captured = _capture(args)
@@ -321,13 +329,25 @@ def _quantize(args: argparse.Namespace) -> int:
     files = result.report["files"]
     unit = "" if quality["metric"] == "mse" else " %"
     print(
-        f"wrote {args.out} ({files['bytes']:,} bytes, {files['ratio_to_float']:.2f}x float); "
+        f"wrote {pt2} ({files['bytes']:,} bytes, {files['ratio_to_float']:.2f}x float); "
         f"{quality['metric']} float {quality['float']:.2f}{unit}, "
         f"quantized {quality['quantized']:.2f}{unit}; reload check max |diff| "
         f"{result.saved.max_abs_diff:.3g} over {len(result.saved.outputs)} output(s)"
         + "".join(f"; dynamic {d}" for d in result.saved.dynamic_dims),
         file=args.stderr,
     )
+    if "pte" in result.report:
+        pte = result.report["pte"]
+        counts = pte["placement_counts"]
+        outside = ", ".join(f"{n['node']} ({n['op']})" for n in pte["outside_delegate"])
+        print(
+            f"wrote {args.out} ({pte['bytes']:,} bytes, float .pte {pte['float_pte_bytes']:,}); "
+            f"nodes on XNNPACK {counts['xnnpack']}, portable {counts['portable']}"
+            f"{f' ({outside})' if outside else ''}, not in program {counts['not in program']}; "
+            f"runtime check max |diff| {pte['check']['max_abs_diff']:.3g}, SQNR "
+            f"{pte['check']['sqnr_db']} dB, agreement {pte['check']['agreement']:.1f} %",
+            file=args.stderr,
+        )
     return EXIT_OK
 
 

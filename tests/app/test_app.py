@@ -266,6 +266,9 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
     assert [job.kind for job in _state(at).jobs.log] == ["convert"]
     _click(at, "export")
     assert not at.exception and not at.error
+    (load,) = [c.value for c in at.code if "torch.export.load" in c.value]
+    assert load.startswith("import torch\nimport torchao")
+    assert 'program = torch.export.load("model.pt2")' in load
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Reload check"] == "bit-equal"
     assert metrics["Batch"] == "dynamic"

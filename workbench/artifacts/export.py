@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.export import ExportedProgram
@@ -17,17 +19,19 @@ from torch.fx import GraphModule
 
 from workbench.errors import WorkbenchError
 from workbench.locks import EXPORT_LOCK
-from workbench.model.capture import DynamicDim, dynamic_dims, export_model
+from workbench.model.capture import CapturedModel, DynamicDim, dynamic_dims, export_model
 from workbench.model.signature import LeafCheck, ModelInputs, compare_outputs
 
 __all__ = [
     "DEBUG_METADATA",
     "SavedModel",
     "check_writable",
+    "loading_lines",
     "program_for",
     "program_size",
     "prune",
     "save_program",
+    "temporary_beside",
     "write_text",
 ]
 
@@ -104,7 +108,7 @@ def save_program(
     """
     path = Path(path)
     check_writable(path)
-    with _temporary_beside(path) as tmp:
+    with temporary_beside(path) as tmp:
         start = time.perf_counter()
         with EXPORT_LOCK:  # deserializing traces the graph: not thread-safe either
             torch.export.save(program, str(tmp))
@@ -155,6 +159,87 @@ def program_size(program: ExportedProgram) -> int:
         return target.stat().st_size
 
 
+# --- loading instructions -------------------------------------------------------------------
+
+# Modules whose pytree types torch itself knows; any other module defining an input or output
+# type (transformers.modeling_outputs for a ModelOutput) must be imported before loading.
+_BUILTIN_TREE_MODULES = ("builtins", "collections", "torch")
+_LINE_LENGTH = 88
+
+
+def loading_lines(captured: CapturedModel, path: str | Path = "model.pt2") -> str:
+    """Python lines that load the model's saved .pt2 in a fresh interpreter and call it once.
+
+    `import torchao` registers the quantized_decomposed ops an int8 program calls; without it
+    `torch.export.load` fails ("We ran into an error when deserializing the saved file"). The
+    module defining each input/output pytree type is imported too: `import transformers`
+    alone does not define ModelOutput classes, `import transformers.modeling_outputs` does.
+    The call takes inputs of the example's shapes and dtypes; its result is `output`.
+    """
+    spec = captured.program.call_spec
+    trees = [tree for tree in (spec.in_spec, spec.out_spec) if tree is not None]
+    modules = sorted({m for tree in trees for m in _tree_modules(tree)})
+    lines = [
+        "import torch",
+        "import torchao  # registers the quantized_decomposed ops the int8 program calls",
+    ]
+    lines += [f"import {m}  # defines the model's input/output types (pytrees)" for m in modules]
+    lines += [
+        "",
+        "# torch.export.load may unpickle parts of the file: load only files you trust.",
+        f"program = torch.export.load({json.dumps(str(path))})",
+        "model = program.module()",
+    ]
+    if captured.dynamic_dims:
+        lines.append("# dynamic: " + ", ".join(str(d) for d in captured.dynamic_dims))
+    inputs = captured.example_inputs
+    arguments = [_expression(v) for v in inputs.args]
+    arguments += [f"{k}={_expression(v)}" for k, v in inputs.kwargs.items()]
+    call = f"output = model({', '.join(arguments)})"
+    if len(call) > _LINE_LENGTH:
+        call = "output = model(\n" + "".join(f"    {a},\n" for a in arguments) + ")"
+    lines.append(call)
+    return "\n".join(lines) + "\n"
+
+
+def _tree_modules(tree: Any) -> set[str]:
+    """Modules defining the non-builtin container types of a pytree spec."""
+    found: set[str] = set()
+    if tree.type is not None:
+        module = tree.type.__module__
+        if module.split(".")[0] not in _BUILTIN_TREE_MODULES and module != "__main__":
+            found.add(module)
+    for child in tree.children():
+        found |= _tree_modules(child)
+    return found
+
+
+def _expression(value: Any) -> str:
+    """Python source for a value like `value`: random tensors of its shape and dtype."""
+    if isinstance(value, torch.Tensor):
+        return _tensor_expression(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_expression(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_expression(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        items = [_expression(v) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    return repr(value)
+
+
+def _tensor_expression(t: torch.Tensor) -> str:
+    shape = ", ".join(str(int(s)) for s in t.shape)
+    dtype = str(t.dtype).removeprefix("torch.")
+    if t.dtype.is_floating_point:
+        return f"torch.randn({shape}{'' if t.dtype == torch.float32 else f', dtype=torch.{dtype}'})"
+    size = f"({shape}{',' if t.dim() == 1 else ''})"
+    if t.dtype == torch.bool or t.numel() == 0:
+        return f"torch.ones({size}, dtype=torch.{dtype})"
+    low, high = int(t.min()), int(t.max())
+    return f"torch.randint({low}, {high + 1}, {size}, dtype=torch.{dtype})"
+
+
 def check_writable(path: Path) -> None:
     """Raise WorkbenchError unless a file can be written at `path` (checked before long work)."""
     path = Path(path)
@@ -174,13 +259,13 @@ def check_writable(path: Path) -> None:
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically (a failure leaves any previous file as it was)."""
     path = Path(path)
-    with _temporary_beside(path) as tmp:
+    with temporary_beside(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
 
 
 @contextlib.contextmanager
-def _temporary_beside(path: Path) -> Iterator[Path]:
+def temporary_beside(path: Path) -> Iterator[Path]:
     """A path with the same name in a private folder beside `path` (same filesystem, so the
     final os.replace is atomic; same name, since torch.export.save names the archive's root
     folder after the file)."""

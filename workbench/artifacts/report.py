@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.fx import GraphModule
 
 from workbench.analysis.compare import Comparison, compare
-from workbench.artifacts.export import SavedModel, program_for, program_size
+from workbench.artifacts.export import SavedModel, loading_lines, program_for, program_size
+from workbench.artifacts.pte import Lowered, PteCheck, SavedPte
 from workbench.data.datasets import Dataset
 from workbench.graph.nodes import readable_op
 from workbench.model.capture import CapturedModel
@@ -26,12 +27,29 @@ from workbench.stages.steps import call, evaluate
 from workbench.stages.training import QatConfig
 
 __all__ = [
+    "PteLowering",
     "compare_stages",
     "make_report",
     "op_counts",
+    "pte_report",
     "reproduce_command",
     "signature_report",
 ]
+
+
+class PteLowering(Protocol):
+    """What `pte_report` reads (workbench.stages.build.PteBuild has it)."""
+
+    @property
+    def lowered(self) -> Lowered: ...
+    @property
+    def checked(self) -> PteCheck: ...
+    @property
+    def float_lowered(self) -> Lowered: ...
+    @property
+    def float_checked(self) -> PteCheck: ...
+    @property
+    def saved(self) -> SavedPte | None: ...
 
 
 def compare_stages(stages: Stages, dataset: Dataset) -> Comparison:
@@ -149,6 +167,8 @@ def make_report(
             "float_bytes": float_bytes,
             "ratio_to_float": round(saved.bytes / float_bytes, 4),
         },
+        # The lines that load the .pt2 in a plain script (torchao must be imported first).
+        "load": loading_lines(captured, saved.path.name),
         "reload_check": {
             "batches": saved.batches_checked,
             "max_abs_diff": saved.max_abs_diff,
@@ -165,6 +185,38 @@ def make_report(
             ],
         },
         "torch": torch.__version__,
+    }
+
+
+def pte_report(lowering: PteLowering, saved: SavedModel) -> dict[str, Any]:
+    """The report's "pte" section: where the converted graph's op nodes run (counts per
+    placement, the nodes outside the XNNPACK delegate with their op), sizes of the .pte, the
+    .pt2 and the float .pte, and the runtime's gap to the converted model (the float .pte's
+    to the float model).
+
+    `lowering` is anything with `lowered`, `checked`, `float_lowered`, `float_checked` and
+    `saved` (`workbench.stages.build.PteBuild`).
+    """
+    lowered, float_lowered = lowering.lowered, lowering.float_lowered
+    written = lowering.saved
+    return {
+        "file": str(written.path) if written is not None else None,
+        "bytes": lowered.bytes,
+        "pt2_bytes": saved.bytes,
+        "float_pte_bytes": float_lowered.bytes,
+        "ratio_to_pt2": round(lowered.bytes / saved.bytes, 4),
+        "ratio_to_float_pte": round(lowered.bytes / float_lowered.bytes, 4),
+        "delegates": lowered.delegates,
+        "placement_counts": lowered.counts,
+        "outside_delegate": [n.as_dict() for n in lowered.outside],
+        "max_batch": lowered.max_batch,
+        "lower_seconds": round(lowered.seconds, 4),
+        "check": lowering.checked.as_dict(),
+        "float": {
+            "placement_counts": float_lowered.counts,
+            "outside_delegate": [n.as_dict() for n in float_lowered.outside],
+            "check": lowering.float_checked.as_dict(),
+        },
     }
 
 

@@ -71,7 +71,9 @@ def base_quantizer(backend: str, *, is_qat: bool) -> Quantizer:
         config = get_default_x86_inductor_quantization_config(is_qat=is_qat)
         return X86InductorQuantizer().set_global(config)
     if backend == "xnnpack":
-        from torchao.testing.pt2e._xnnpack_quantizer import (
+        # executorch's public quantizer; it annotates with torchao's spec/annotation classes,
+        # so the recipe's edits below apply to it unchanged.
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
             get_symmetric_quantization_config,
         )

@@ -1,12 +1,14 @@
 """The whole headless build: capture -> prepare -> calibrate/train -> convert -> export + report.
 
 `quantize` runs the stages in memory and returns them as `Stages`; `export_stages` saves the
-converted one as a reload-checked .pt2 and makes the report; the CLI's `quantize` runs both
-through `build`. The app runs the same steps one by one, as jobs.
+converted one as a reload-checked .pt2 and makes the report; `lower_stages` lowers the
+converted and the float stage to ExecuTorch .pte programs and checks both in the runtime; the
+CLI's `quantize` runs them through `build`. The app runs the same steps one by one, as jobs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -19,7 +21,8 @@ import torch
 
 from workbench.analysis.compare import Comparison
 from workbench.artifacts.export import SavedModel, program_for, save_program, write_text
-from workbench.artifacts.report import make_report
+from workbench.artifacts.pte import Lowered, PteCheck, SavedPte, check, lower, save_pte
+from workbench.artifacts.report import make_report, pte_report
 from workbench.data.datasets import Dataset, load_data
 from workbench.model.capture import CapturedModel
 from workbench.model.signature import ModelInputs
@@ -31,8 +34,10 @@ from workbench.stages.training import QatConfig, train_qat
 __all__ = [
     "BuildProgress",
     "BuildResult",
+    "PteBuild",
     "build",
     "export_stages",
+    "lower_stages",
     "quantize",
     "resized_examples",
 ]
@@ -43,12 +48,26 @@ BuildProgress = Callable[[str, int, int, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
+class PteBuild:
+    """The converted and the float stage lowered to .pte and checked in the ExecuTorch
+    runtime (int8 against the converted model, float against the float model)."""
+
+    lowered: Lowered
+    checked: PteCheck
+    float_lowered: Lowered
+    float_checked: PteCheck
+    saved: SavedPte | None = None
+
+
+@dataclass(frozen=True)
 class BuildResult:
-    """What `build` made: every stage, the saved model and the report."""
+    """What `build` made: every stage, the saved model and the report (and, for a .pte,
+    the lowering)."""
 
     stages: Stages
     saved: SavedModel
     report: dict[str, Any] = field(repr=False)
+    pte: PteBuild | None = None
 
 
 def build(
@@ -70,6 +89,10 @@ def build(
 ) -> BuildResult:
     """Quantize `captured` as `recipe` says and write a reload-checked .pt2 (and a report).
 
+    When `out` ends in .pte, the converted program is lowered to ExecuTorch with XNNPACK,
+    run and compared in the runtime, and written there instead; the .pt2 is written beside
+    it (same name, .pt2), since the report's reload check and sizes are about it and the app
+    and `inspect` read it. Lowering failures raise LoweringError before anything is written.
     `steps` is calibration batches (PTQ, default 16) or training steps (QAT, default 120);
     `lr`, `optimizer` and the freeze steps are QAT settings (see QatConfig); `eval_samples`
     limits evaluation to the first samples of the evaluation split.
@@ -97,8 +120,21 @@ def build(
         timings[phase] = stage.seconds
     if progress is not None:
         progress("export", 0, 1, {})
-    result = export_stages(captured, recipe, dataset, stages, out, timings)
+    out = Path(out)
+    lowering = None
+    if out.suffix == ".pte":
+        lowering = lower_stages(captured, dataset, stages, timings)  # fails before any write
+    result = export_stages(captured, recipe, dataset, stages, out.with_suffix(".pt2"), timings)
     report = result.report
+    if lowering is not None:
+        start = time.perf_counter()
+        saved_pte = save_pte(lowering.lowered, out, checked=lowering.checked,
+                             example_inputs=captured.example_inputs)  # fmt: skip
+        timings["save_pte"] = time.perf_counter() - start
+        lowering = dataclasses.replace(lowering, saved=saved_pte)
+        report["timings_s"]["save_pte"] = round(timings["save_pte"], 4)
+        report["pte"] = pte_report(lowering, result.saved)
+        result = dataclasses.replace(result, pte=lowering)
     if report_path is not None:
         write_text(report_path, json.dumps(report, indent=2) + "\n")
     if recipe_path is not None:
@@ -175,6 +211,32 @@ def export_stages(
     timings["save"], timings["reload"] = saved.export_seconds, saved.reload_seconds
     report = make_report(captured, recipe, dataset, stages, saved, timings, comparison)
     return BuildResult(stages, saved, report)
+
+
+def lower_stages(
+    captured: CapturedModel,
+    dataset: Dataset,
+    stages: Stages,
+    timings: dict[str, float] | None = None,
+) -> PteBuild:
+    """Lower the converted and the float (exported) stage to .pte with XNNPACK and check
+    each in the ExecuTorch runtime against its own model, on up to four evaluation batches
+    of 128 and the example inputs. Adds "lower", "lower_float" and "check_pte" to `timings`.
+    Raises LoweringError (a WorkbenchError) naming the nodes that stop the lowering.
+    """
+    timings = timings if timings is not None else {}
+    made = {}
+    for key, stage, what in (("", stages.converted, "the converted model"),
+                             ("_float", stages.exported, "the float model")):  # fmt: skip
+        gm = stage.graph_module
+        program = program_for(gm, captured.example_inputs, dims=captured.dynamic_dims,
+                              parameters=captured.parameters, keep_debug=True)  # fmt: skip
+        lowered = lower(program, what=what, source=gm)
+        timings[f"lower{key}"] = lowered.seconds
+        start = time.perf_counter()
+        made[key] = (lowered, check(lowered, gm, dataset, example_inputs=captured.example_inputs))
+        timings[f"check_pte{key}"] = time.perf_counter() - start
+    return PteBuild(*made[""], *made["_float"])
 
 
 def resized_examples(captured: CapturedModel) -> list[ModelInputs]:
