@@ -500,6 +500,58 @@ def bench_latency(rows: list[Row], batches: list[int]) -> None:
         )
 
 
+def bench_pte(rows: list[Row], batches: list[int], repeats: int) -> None:
+    """int8 against float .pte of the digits CNN (xnnpack recipe) in the ExecuTorch runtime.
+
+    Both programs are lowered with the XNNPACK partitioner as `quantize --out m.pte` does;
+    each batch is timed as the median of `repeats` calls after two warm-up calls. A batch over
+    a program's planned batch runs in chunks (the row says so), as `PteProgram` does.
+    """
+    import functools
+    import statistics
+
+    from workbench.analysis.latency import eval_batch
+    from workbench.artifacts.export import program_for
+    from workbench.artifacts.pte import lower
+    from workbench.data.datasets import load_data
+    from workbench.model.capture import capture
+    from workbench.quantization.recipe import Recipe
+    from workbench.stages.build import quantize
+
+    captured = capture("sample:digits_cnn")
+    data = load_data("digits", captured.signature)
+    stages = quantize(captured, Recipe(backend="xnnpack"), data, batches=8)
+    programs = {}
+    for name, gm in (("int8", stages.converted.graph_module),
+                     ("float", stages.exported.graph_module)):  # fmt: skip
+        program = program_for(gm, captured.example_inputs, dims=captured.dynamic_dims,
+                              parameters=captured.parameters, keep_debug=True)  # fmt: skip
+        programs[name] = lower(program, what=name, source=gm)
+    for batch in batches:
+        inputs = eval_batch(data, batch)
+        ms: dict[str, float] = {}
+        for name, lowered in programs.items():
+            run = lowered.program()
+            for _ in range(2):
+                run(inputs)
+            call = functools.partial(run, inputs)
+            ms[name] = 1000 * statistics.median(timed(call) for _ in range(repeats))
+        chunked = [n for n, lowered in programs.items()
+                   if lowered.max_batch is not None and batch > lowered.max_batch]  # fmt: skip
+        note = "; " + ", ".join(f"{n} in chunks of {programs[n].max_batch}, its planned batch"
+                                for n in chunked) if chunked else ""  # fmt: skip
+        rows.append(
+            Row(
+                f"ExecuTorch runtime latency at batch {batch}, digits CNN .pte int8 vs float "
+                f"(XNNPACK{note})",
+                f"{ms['int8']:.2f} ms int8 ({programs['int8'].bytes:,} B)",
+                f"{ms['float']:.2f} ms float ({programs['float'].bytes:,} B)",
+                f"{ms['int8'] / ms['float']:.2f}",
+                "< 1",
+            )
+        )
+
+
 def bench_browser(rows: list[Row]) -> None:
     """Click -> pixels in Chromium on big graphs (benchmarks/browser_graphs.py)."""
     from benchmarks.browser_graphs import browser_rows
@@ -537,6 +589,7 @@ STEP_ROWS = {
     "graphs": r"[\d,]+-node graph:",
     "export": r"export \+ save|file size, digits CNN",
     "latency": r"compiled latency",
+    "pte": r"ExecuTorch runtime latency",
     "recording": r"QAT step recording",
     "oneshot": r"cold one-shot process:",
     "oneshot-hf": r"cold one-shot CLI",
@@ -613,6 +666,7 @@ def main() -> None:
         "graphs": lambda rows: bench_graphs(rows, sizes),
         "export": lambda rows: bench_export(rows),
         "latency": lambda rows: bench_latency(rows, [64] if args.quick else [64, 512]),
+        "pte": lambda rows: bench_pte(rows, [1, 64] if args.quick else [1, 8, 64, 512], repeats),
         "recording": lambda rows: bench_recording(rows, 4 if args.quick else 8),
         "oneshot": lambda rows: bench_oneshot(rows, runs),
         "oneshot-hf": lambda rows: bench_hf_oneshot(rows, runs, args.hf_steps),
