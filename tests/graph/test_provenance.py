@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.fx import Graph, Node
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
+from tests.models.tiny_models import ConvBN
 from workbench.graph.nodes import (
     QDQ_OPS,
     QUANT_OPS,
@@ -65,16 +65,6 @@ def test_conv_before_walks_helpers_and_observers_only_when_asked() -> None:
     assert conv_before(bn, exported_id=id(graph), through_observers=True) is conv
     # A conv of another graph (a torchao pattern graph, say) is not the exported one.
     assert conv_before(bn, exported_id=id(graph) + 1, through_observers=True) is None
-
-
-class ConvBN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-        self.bn = nn.BatchNorm2d(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x)))
 
 
 def test_sources_survive_qat_prepare_and_convert() -> None:

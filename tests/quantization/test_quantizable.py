@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.models.tiny_models import ConvBN
 from workbench.graph.view import describe
 from workbench.model.capture import CapturedModel, ModelSpec, dynamic_dims, export_model
 from workbench.quantization.quantizer import quantizable_nodes
@@ -24,18 +25,6 @@ class LinearBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(torch.relu(self.bn(self.fc1(x))))
-
-
-class ConvBN(nn.Module):
-    """conv -> BatchNorm2d -> relu: prepare_pt2e folds the BN into the conv."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-        self.bn = nn.BatchNorm2d(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x)))
 
 
 def captured(model: nn.Module, example: torch.Tensor) -> CapturedModel:
