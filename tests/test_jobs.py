@@ -227,3 +227,36 @@ def test_the_export_lock_serves_a_waiting_thread_before_the_releasing_one() -> N
     for thread in waiting:
         thread.join(10)
     assert got == ["first", "second", "again"]
+
+
+def test_background_work_waits_for_the_export_lock_to_be_idle() -> None:
+    """`when_idle` (the pattern-cache warm-up) takes the lock only after nobody has used it
+    for the idle time: work that takes it step after step (a QAT run) keeps it waiting."""
+    from workbench.locks import FairRLock
+
+    lock = FairRLock()
+    order: list[str] = []
+    busy = threading.Event()
+
+    def steps() -> None:
+        for _ in range(10):  # 10 steps, 0.05 s apart: never idle for 0.3 s
+            with lock:
+                time.sleep(0.01)
+            time.sleep(0.05)
+        order.append("steps done")
+        busy.set()
+
+    def background() -> None:
+        with lock.when_idle(0.3, poll=0.01):
+            order.append("background")
+
+    worker = threading.Thread(target=steps)
+    worker.start()
+    time.sleep(0.02)
+    waiter = threading.Thread(target=background)
+    waiter.start()
+    worker.join(10)
+    waiter.join(10)
+    assert busy.is_set() and order == ["steps done", "background"]
+    with lock:  # released after the background work
+        pass

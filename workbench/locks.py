@@ -18,7 +18,10 @@ page shows rebuilds the app's model exactly.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
+import time
+from collections.abc import Iterator
 from types import TracebackType
 
 __all__ = ["EXPORT_LOCK", "FairRLock"]
@@ -38,6 +41,7 @@ class FairRLock:
         self._owner: int | None = None
         self._depth = 0
         self._queue: collections.deque[int] = collections.deque()
+        self._released = time.monotonic()  # when it was last released (or made)
 
     def acquire(self) -> None:
         me = threading.get_ident()
@@ -58,7 +62,27 @@ class FairRLock:
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
+                self._released = time.monotonic()
                 self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def when_idle(self, seconds: float, *, poll: float = 0.1) -> Iterator[None]:
+        """Hold the lock once nobody has held or asked for it for `seconds`.
+
+        For background work that should not delay a session's own steps: a QAT run takes
+        the lock for every step, so it stays busy and such work waits until the run ends.
+        """
+        while True:
+            with self._condition:
+                idle = self._owner is None and not self._queue
+                if idle and time.monotonic() - self._released >= seconds:
+                    self._owner, self._depth = threading.get_ident(), 1
+                    break
+            time.sleep(poll)
+        try:
+            yield
+        finally:
+            self.release()
 
     def __enter__(self) -> FairRLock:
         self.acquire()

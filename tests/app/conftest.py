@@ -6,6 +6,7 @@ by overriding `app_args`) and a Chromium tab (`page`) from `benchmarks.harness`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_up_ends_with_the_module() -> Iterator[None]:
+    """AppTest runs the app in this process, and with it the pattern-cache warm-up thread:
+    let it finish before tests elsewhere trace without the app's export lock."""
+    yield
+    for thread in threading.enumerate():
+        if thread.name == "warm-pattern-cache":
+            thread.join(timeout=600)
 
 
 @pytest.fixture

@@ -27,6 +27,17 @@ def _open(page: str | None = None) -> AppTest:
     return at
 
 
+def _load_pt2(path: Path) -> object:
+    """torch.export.load under the export lock, as the app loads: the app's pattern-cache
+    warm-up may be tracing in this process, and tracing is not thread-safe."""
+    import torch
+
+    from workbench.locks import EXPORT_LOCK
+
+    with EXPORT_LOCK:
+        return torch.export.load(str(path)).module()
+
+
 def _components(at: AppTest) -> list[dict]:
     """The data payloads of the graph components (unknown elements to AppTest)."""
     found = []
@@ -276,7 +287,7 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
     path = state.exported_build[1].saved.path
     assert path == workspace / "exports" / state.session / state.current().uid / "model.pt2"
     x = torch.rand(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    reloaded = torch.export.load(str(path)).module()
+    reloaded = _load_pt2(path)
     in_app = state.stages()["converted"].graph_module
     assert torch.equal(reloaded(x), in_app(x))
 
@@ -285,7 +296,7 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
     done = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    headless = torch.export.load(str(tmp_path / "model.pt2")).module()
+    headless = _load_pt2(tmp_path / "model.pt2")
     assert torch.equal(headless(x), reloaded(x))
 
 
@@ -384,7 +395,7 @@ def test_a_stopped_qat_run_converts_and_the_export_command_reproduces_it(
            "--freeze-observer-step 3 " in command  # fmt: skip
     _click(at, "export")
     assert not at.exception and not at.error
-    saved = torch.export.load(str(state.exported_build[1].saved.path)).module()
+    saved = _load_pt2(state.exported_build[1].saved.path)
     in_app = state.converted.stages["converted"].graph_module
     x = torch.rand(7, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     assert torch.equal(saved(x), in_app(x))
@@ -393,7 +404,7 @@ def test_a_stopped_qat_run_converts_and_the_export_command_reproduces_it(
     done = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    headless = torch.export.load(str(tmp_path / "model.pt2")).module()
+    headless = _load_pt2(tmp_path / "model.pt2")
     assert torch.equal(headless(x), in_app(x))
 
 

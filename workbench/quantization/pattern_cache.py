@@ -43,6 +43,7 @@ from torch.fx import GraphModule
 from workbench.locks import EXPORT_LOCK
 
 __all__ = [
+    "WARM_IDLE_S",
     "CacheStats",
     "PatternCache",
     "install_pattern_cache",
@@ -276,6 +277,9 @@ def pattern_cache(*, strict: bool = False) -> Iterator[PatternCache | None]:
             uninstall_pattern_cache()
 
 
+WARM_IDLE_S = 1.0  # the warm-up's steps wait for the export lock to be idle this long
+
+
 def warm_pattern_cache() -> None:
     """Fill the cache with the patterns of a QAT prepare/convert of conv1d/conv2d-bn-relu.
 
@@ -300,19 +304,20 @@ def warm_pattern_cache() -> None:
 
     example = (torch.randn(2, 2, 2, 2),)
     for backend in ("x86_inductor", "xnnpack"):
-        # Each step holds EXPORT_LOCK whole, as the session's own steps do: torchao's passes
-        # are not thread-safe between their pattern exports either (run unlocked, a session's
-        # export at the same time reloaded 0.0124 away from its in-memory model). A session's
-        # capture or prepare still runs between two steps of the warm-up.
-        with EXPORT_LOCK:
+        # Each step holds EXPORT_LOCK whole, as a session's own steps do: torchao's passes are
+        # not thread-safe between their pattern exports either (run unlocked, a session's
+        # export at the same time reloaded 0.0124 away from its in-memory model). A step of a
+        # cold cache holds it for seconds, so each starts only once nobody has used the lock
+        # for a second: a session's calibration or QAT run is never held up step by step.
+        with EXPORT_LOCK.when_idle(WARM_IDLE_S):
             model = torch.export.export(Tiny().eval(), example).module()
-        with EXPORT_LOCK:
+        with EXPORT_LOCK.when_idle(WARM_IDLE_S):
             prepared = prepare_qat_pt2e(model, base_quantizer(backend, is_qat=True))
-        with EXPORT_LOCK:
+        with EXPORT_LOCK.when_idle(WARM_IDLE_S):
             prepared(*example)
-        with EXPORT_LOCK:
+        with EXPORT_LOCK.when_idle(WARM_IDLE_S):
             move_exported_model_to_eval(prepared)
-        with EXPORT_LOCK:
+        with EXPORT_LOCK.when_idle(WARM_IDLE_S):
             convert_pt2e(prepared)
 
 
