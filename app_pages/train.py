@@ -156,8 +156,10 @@ def _function_input(
 # --- QAT -------------------------------------------------------------------------------------
 
 
-def qat_section(state: AppState) -> Callable[[], Tuned] | None:
+def qat_section(state: AppState, converted: Converted | None) -> Callable[[], Tuned] | None:
     """Settings, Start/Resume/Reset and live charts; training runs as a job.
+
+    `converted` is the converted model this page run draws (its int8 point on the drift chart).
 
     Once the run has steps (complete or stopped) and no job trains it, returns what makes
     the prepared and trained stages and how they were made; the copy is made only when
@@ -221,7 +223,7 @@ def qat_section(state: AppState) -> Callable[[], Tuned] | None:
         st.caption("Start trains a copy of the QAT-prepared model; Stop keeps its state, "
                    "Resume continues from there.")  # fmt: skip
         return None
-    charts = LiveCharts(run, state.converted)
+    charts = LiveCharts(run, converted)
 
     ended = rerun_when_ended(state, ("train",))
 
@@ -698,10 +700,15 @@ if __name__ == "__main__":
                "Recipe page).")  # fmt: skip
     data_picker(state)
     task_picker(state)
-    tuned = qat_section(state) if mode == "qat" else ptq_section(state)
+    # One converted model per page run, for the drift chart and the comparison alike: a Convert
+    # job that ends while this run draws must not leave the chart without its int8 point.
+    converted = state.converted
+    tuned = qat_section(state, converted) if mode == "qat" else ptq_section(state)
     if tuned is not None:
         convert_section(state, tuned)
-    if state.converted is not None:
+    if converted is not None:
         st.divider()
         st.subheader("int8 against float")
-        comparison_section(state, state.converted)
+        comparison_section(state, converted)
+    if state.converted is not converted:
+        st.rerun()  # it changed while this run drew; nothing else may poll once the job is gone

@@ -84,6 +84,11 @@ class Job(Generic[T]):
             if not isinstance(exc, WorkbenchError):
                 self.details = "".join(traceback.format_exception(exc))
                 log.exception("job %s failed", self.kind, exc_info=exc)
+        except BaseException as exc:  # SystemExit and the like: the job still ends, failed
+            self.error, self.status = RuntimeError(f"{type(exc).__name__}: {exc}"), "failed"
+            self.details = "".join(traceback.format_exception(exc))
+            log.exception("job %s ended by %s", self.kind, type(exc).__name__, exc_info=exc)
+            raise
         finally:
             self.finished = time.monotonic()
             _RUNNING.discard(self)
