@@ -1,5 +1,5 @@
-"""Export page: the converted model as a reload-checked .pt2, its recipe and report, and its
-compiled latency on this CPU."""
+"""Export page: the converted model as a reload-checked .pt2, its recipe and report, an
+ExecuTorch .pte (XNNPACK) run and compared in the runtime, and compiled latency on this CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import time
 
 import streamlit as st
 
-from ui.conversion import offer_conversion
+from ui.conversion import (
+    current_pte,
+    live_progress,
+    offer_conversion,
+    pte_estimate,
+    start_pte_build,
+)
 from ui.jobs import live, outcome, rerun_when_ended, start_button
 from ui.state import AppState, loaded_state
 from workbench.analysis.latency import Latency, eval_batch, measure_latency
@@ -40,6 +46,51 @@ def start_export(state: AppState, predicted: float) -> Job[BuildResult]:
 
     return state.jobs.start("export", "Build model.pt2", work, on_done=done,
                             estimate=state.estimate("export", predicted))  # fmt: skip
+
+
+def pte_section(state: AppState) -> None:
+    """The ExecuTorch .pte with XNNPACK as a job: sizes, delegation, the runtime's gap."""
+    st.markdown("**ExecuTorch .pte with XNNPACK** (phones, embedded, CPU servers)")
+    st.caption("Lowers the int8 model, and the float one for comparison, with executorch's "
+               "XNNPACK partitioner; runs both in the ExecuTorch runtime against their models, "
+               "and writes model.pte only once it reloads and runs. The Graph page then colours "
+               "each node by where it runs.")  # fmt: skip
+    _, estimate = pte_estimate(state)
+    start_button(state, "pte", "Build model.pte", lambda: start_pte_build(state),
+                 estimate=estimate, key="pte", primary=False)  # fmt: skip
+    if state.jobs.running("pte"):
+        live_progress(state, "pte")
+    outcome(state.jobs.last("pte"))
+    built = current_pte(state)
+    if built is None or built.pte is None or built.pte.saved is None:
+        return
+    pte, saved = built.report["pte"], built.pte.saved
+    counts, checked = pte["placement_counts"], pte["check"]
+    cols = st.columns(4)
+    cols[0].metric(".pte size", f"{pte['bytes']:,} B",
+                   f"{pte['ratio_to_pt2']:.2f}x the .pt2 · float .pte {pte['float_pte_bytes']:,} B",
+                   delta_color="off", delta_arrow="off")  # fmt: skip
+    cols[1].metric("In the XNNPACK delegate", f"{counts['xnnpack']} of {sum(counts.values())} ops",
+                   f"{pte['delegates']} delegate call(s), {counts['portable']} on portable",
+                   delta_color="off", delta_arrow="off")  # fmt: skip
+    sqnr_db = "exact" if checked["sqnr_db"] is None else f"{checked['sqnr_db']:.1f} dB"
+    cols[2].metric("Runtime against converted", f"max |diff| {checked['max_abs_diff']:.3g}",
+                   f"SQNR {sqnr_db}", delta_color="off", delta_arrow="off")  # fmt: skip
+    cols[3].metric("Predictions agree", f"{checked['agreement']:.1f} %",
+                   f"on {checked['samples']} samples", delta_color="off",
+                   delta_arrow="off")  # fmt: skip
+    if pte["outside_delegate"]:
+        st.caption("Outside the XNNPACK delegate (on ExecuTorch's portable kernels):")
+        st.dataframe(pte["outside_delegate"], hide_index=True)
+    downloads = st.columns(3)
+    downloads[0].download_button("model.pte", saved.path.read_bytes(), "model.pte",
+                                 key="download-pte")  # fmt: skip
+    downloads[1].download_button("report.json (with .pte)", json.dumps(built.report, indent=2),
+                                 "report.json", key="download-pte-report")  # fmt: skip
+    st.markdown("**Run model.pte in a plain script** (executorch installed)")
+    st.code(pte["load"], language="python")
+    st.caption("The headless command under Reproduce, with `--out model.pte`, rebuilds this "
+               "file and model.pt2 beside it.")  # fmt: skip
 
 
 def latency_section(state: AppState) -> None:
@@ -162,4 +213,7 @@ st.code(reproduce_command(state.spec, "recipe.json", mode, schedule.data_spec, s
 if current is None:
     st.caption("With the defaults the conversion button above would use.")
 else:
+    st.divider()
+    pte_section(state)
+    st.divider()
     latency_section(state)

@@ -1,4 +1,5 @@
-"""Graph page: the graph coloured by op family, annotation or SQNR; click a node to edit it."""
+"""Graph page: the graph coloured by op family, annotation, SQNR or where the ExecuTorch program
+runs each node; click a node to edit it."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import math
 
 import streamlit as st
 
+from ui.conversion import current_pte, live_progress, pte_estimate, start_pte_build
 from ui.editor import node_editor
 from ui.graph_view import graph_view, group_click, groups_note, legend
-from ui.state import loaded_state
+from ui.jobs import outcome, start_button
+from ui.state import AppState, loaded_state
 from workbench.analysis.sqnr import NodeError, own_sqnr, sqnr_by_node
+from workbench.artifacts.pte import SourcePlacement, source_placement
 from workbench.drawing.dot import (
     OPEN_COLLAPSED_ABOVE,
     box_of,
@@ -19,9 +23,17 @@ from workbench.drawing.dot import (
     reveal,
     single_node_modules,
 )
-from workbench.drawing.overlays import annotation_overlay, family_overlay, sqnr_overlay
+from workbench.drawing.overlays import (
+    PLACEMENT_LABELS,
+    Overlay,
+    annotation_overlay,
+    family_overlay,
+    placement_overlay,
+    sqnr_overlay,
+)
 from workbench.graph.view import GraphView, NodeInfo, search
 from workbench.quantization.recipe import Effective
+from workbench.stages.build import BuildResult
 
 AUTO, EXPANDED = "auto", "expanded"
 DEPTH_HELP = (
@@ -97,6 +109,47 @@ def node_details(
                     f"{output} (`{error.compared}`) against float {against}")  # fmt: skip
 
 
+def placement_details(placed: SourcePlacement | None) -> None:
+    """Where model.pte runs the ops made from the selected node (converted-graph names)."""
+    if placed is None:
+        st.markdown("**In model.pte:** not in the program (folded or removed by convert)")
+        return
+    lines = [f"{PLACEMENT_LABELS[where]}: " + ", ".join(f"`{n}`" for n in nodes)
+             for where, nodes in placed.nodes.items()]  # fmt: skip
+    st.markdown(f"**In model.pte:** {PLACEMENT_LABELS[placed.where]}  \n" + "  \n".join(lines))
+
+
+def delegation(
+    state: AppState, collapse_depth: int | None
+) -> tuple[Overlay, dict[str, SourcePlacement]]:
+    """Colour by where model.pte runs each node, once this session lowered the current model
+    (else the button that lowers it, on the Export page's job)."""
+    built: BuildResult | None = current_pte(state)
+    if built is None or built.pte is None:
+        st.caption("Lowers the converted model with executorch's XNNPACK partitioner, runs it in "
+                   "the ExecuTorch runtime and writes model.pte (the Export page shows its "
+                   "figures); then each node is coloured by where it runs.")  # fmt: skip
+        _, estimate = pte_estimate(state)
+        start_button(state, "pte", "Lower with XNNPACK", lambda: start_pte_build(state),
+                     estimate=estimate, key="graph-pte")  # fmt: skip
+        if state.jobs.running("pte"):
+            live_progress(state, "pte")
+        outcome(state.jobs.last("pte"))
+        return family_overlay(), {}
+    lowered = built.pte.lowered
+    placed = source_placement(built.stages.converted.graph_module, lowered.placement)
+    where = {name: p.where for name, p in placed.items()}
+    counts = lowered.counts
+    outside = ", ".join(f"{n.node} ({n.op})" for n in lowered.outside) or "none"
+    st.caption(f"model.pte runs {counts['xnnpack']} of the converted graph's "
+               f"{sum(counts.values())} op nodes in {lowered.delegates} XNNPACK delegate "
+               f"call(s), {counts['portable']} on portable kernels ({outside}); "
+               f"{counts['not in program']} are not in the program. A node here stands for "
+               "its op and the q/dq around it; a collapsed module shows the mix of its "
+               "nodes.")  # fmt: skip
+    return placement_overlay(state.view, where, collapse_depth), placed
+
+
 # --- the page ---
 
 state = loaded_state()
@@ -107,9 +160,11 @@ cols = st.columns([3, 2, 3])
 choice = cols[0].select_slider("Collapse modules at depth", depth_options(view), value="auto",
                                help=DEPTH_HELP)  # fmt: skip
 converted = state.converted
-colourings = ["op family", "annotation"] + (["SQNR"] if converted is not None else [])
+colourings = ["op family", "annotation"] + (["SQNR", "delegation"] if converted is not None
+                                            else [])  # fmt: skip
 colour_by = cols[1].radio("Colour by", colourings, horizontal=True, key="graph-colour",
-                          help="SQNR: after Convert on the Train & convert page.")  # fmt: skip
+                          help="SQNR and delegation (where the ExecuTorch .pte runs each node): "
+                               "after Convert on the Train & convert page.")  # fmt: skip
 query = cols[2].text_input("Search", placeholder="node, op or module", key="graph-search")
 
 depth = chosen_depth(view, choice)
@@ -133,11 +188,13 @@ if query:
     st.caption(f"{len(matches)} match(es)" + (f": {', '.join(matches[:8])}…" if matches else ""))
 errors = sqnr_by_node(converted.comparison.errors) if converted is not None else {}
 own = own_sqnr(view, converted.comparison.errors) if converted is not None else {}
-overlay = family_overlay()
+overlay, placed = family_overlay(), {}
 if colour_by == "annotation":
     overlay = annotation_overlay(view, effective)
 elif colour_by == "SQNR" and converted is not None:
     overlay = sqnr_overlay(view, converted.comparison.errors, rendered.collapse_depth)
+elif colour_by == "delegation" and converted is not None:
+    overlay, placed = delegation(state, rendered.collapse_depth)
 legend(overlay.legend)
 if colour_by == "SQNR" and converted is not None:
     stale = "" if state.current() is not None else " (converted with an earlier recipe)"
@@ -161,6 +218,8 @@ with right:
     if state.selected in view:
         node_details(view[state.selected], effective.get(state.selected),
                      errors.get(state.selected), own.get(state.selected))  # fmt: skip
+        if placed:
+            placement_details(placed.get(state.selected))
         if state.selected in effective:
             node_editor(state, state.selected)
         else:

@@ -1,8 +1,11 @@
-"""Converting as a session job, shared by Train & convert, Diff and Export.
+"""Converting as a session job, shared by Train & convert, Diff and Export, and lowering the
+result to an ExecuTorch .pte, shared by Export and Graph.
 
 `start_conversion` converts what Train & convert tuned, or first tunes with the defaults
 (`AppState.default_schedule`) when nothing fits; `offer_conversion` is the button the Diff and
-Export pages show when there is no current converted model.
+Export pages show when there is no current converted model. `start_pte_build` lowers the
+current converted model with XNNPACK, checks it in the runtime and writes model.pte (and the
+model.pt2 beside it, unless Export built that already).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from workbench.data.datasets import Dataset
 from workbench.jobs import Job
 from workbench.model.capture import CapturedModel
 from workbench.quantization.recipe import Recipe
+from workbench.stages.build import BuildResult, export_pte
 from workbench.stages.stage import Stages
 from workbench.stages.steps import calibrate, convert, exported_stage, prepare
 from workbench.stages.training import QatRun
@@ -28,9 +32,12 @@ from workbench.stages.training import QatRun
 __all__ = [
     "calibrated_with",
     "conversion_estimate",
+    "current_pte",
     "live_progress",
     "offer_conversion",
+    "pte_estimate",
     "start_conversion",
+    "start_pte_build",
     "train_steps",
     "trained_schedule",
     "tuned_now",
@@ -211,3 +218,52 @@ def offer_conversion(state: AppState) -> None:
     if state.jobs.running("convert"):
         live_progress(state, "convert")
     outcome(state.jobs.last("convert"))
+
+
+# --- lower to ExecuTorch -------------------------------------------------------------------
+
+
+def pte_estimate(state: AppState) -> tuple[float, float | None]:
+    """(predicted, corrected) seconds of the .pte build of the current converted model."""
+    if state.estimates is None:
+        return 0.0, None
+    costs = state.estimates.costs
+    predicted = costs.pte(5 * 128)
+    key, built = state.exported_build or ("", None)
+    if built is None or key != state.stages_key():
+        predicted += costs.export(5 * 128)
+    return predicted, state.estimate("pte", predicted)
+
+
+def start_pte_build(state: AppState) -> Job[BuildResult]:
+    """Lower the current converted model (and the float one, for comparison) with XNNPACK as a
+    job, run both in the ExecuTorch runtime, and write model.pte in this session's build
+    folder; the result becomes `state.pte_build` (and `state.exported_build`, its .pt2)."""
+    current = state.current()
+    assert current is not None and state.captured is not None
+    captured, recipe, data, key = state.captured, state.recipe, state.data(), state.stages_key()
+    out = state.workspace.build_folder(state.session, current.uid) / "model.pte"
+    exported_key, exported = state.exported_build or ("", None)
+    reuse = exported if exported_key == key else None
+    predicted, estimate = pte_estimate(state)
+    began = time.monotonic()
+
+    def work(job: Job[BuildResult]) -> BuildResult:
+        job.progress(0.1, "lowering the int8 and the float model with XNNPACK, running both…")
+        return export_pte(captured, recipe, data, current.stages, out, exported=reuse,
+                          comparison=current.comparison)  # fmt: skip
+
+    def done(built: BuildResult) -> None:
+        state.pte_build = state.exported_build = (key, built)
+        state.learn("pte", predicted, time.monotonic() - began)
+
+    return state.jobs.start("pte", "Build model.pte (ExecuTorch, XNNPACK)", work, on_done=done,
+                            estimate=estimate)  # fmt: skip
+
+
+def current_pte(state: AppState) -> BuildResult | None:
+    """The .pte build of the current converted model, if this session made one."""
+    key, built = state.pte_build or ("", None)
+    if built is None or built.pte is None or key != state.stages_key():
+        return None
+    return built

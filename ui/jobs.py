@@ -34,7 +34,8 @@ KEEPS_PARTIAL = frozenset({"train", "sensitivity"})  # a stopped job of these ke
 POLL_SECONDS = 0.5  # the sidebar panel (and a page's live view) redraws this often
 NAMES = {
     "calibrate": "calibration", "train": "training", "convert": "conversion",
-    "export": "export", "latency": "latency measurement", "sensitivity": "sensitivity search",
+    "export": "export", "pte": "ExecuTorch build", "latency": "latency measurement",
+    "sensitivity": "sensitivity search",
 }  # fmt: skip
 
 

@@ -119,6 +119,7 @@ class AppState:
     expanded: frozenset[str] = frozenset()  # module groups opened on the Graph page
     diff_expanded: frozenset[str] = frozenset()  # module groups opened on the Diff page
     exported_build: tuple[str, BuildResult] | None = None  # (stages_key, what Export built)
+    pte_build: tuple[str, BuildResult] | None = None  # (stages_key, the .pte built, with .pt2)
     qat_run: QatRun | None = None  # the Train & convert page's run
     calibrated: Tuned | None = None  # the Train & convert page's PTQ calibration
     converted: Converted | None = None  # what that page converted last
@@ -438,7 +439,7 @@ def load_model(
     state.spec, state.captured, state.view, state.error = spec, captured, view, None
     state.selected, state._effective, state._rendered = None, None, {}
     state.diff_selected, state._views = None, {}
-    state.exported_build = state.qat_run = state.calibrated = None
+    state.exported_build = state.pte_build = state.qat_run = state.calibrated = None
     state.converted = state.sensitivity = state._float_quality = state._data = None
     state.data_spec = None
     state.latency = None

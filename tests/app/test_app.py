@@ -544,6 +544,58 @@ def test_a_checkpointed_run_resumes_in_a_new_session_to_the_uninterrupted_result
     assert not [b for b in at.button if b.label.startswith(("Resume checkpoint", "Load check"))]
 
 
+def test_export_builds_a_pte_and_the_graph_colours_nodes_by_where_they_run(
+    workspace: Path,
+) -> None:
+    """The default recipe (x86_inductor) is refused with the fix; with xnnpack the Export page
+    builds a checked model.pte, and the Graph page colours every node by where it runs."""
+    import dataclasses
+
+    import torch
+
+    from workbench.artifacts.pte import load_pte
+    from workbench.drawing.overlays import PLACEMENT_COLOURS
+
+    at = _convert_from_here(_open("export"))
+    _click(at, "pte")
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert "The recipe quantizes for x86_inductor, not for XNNPACK" in error
+    assert "--backend xnnpack" in error
+    assert _state(at).pte_build is None
+    assert not list((workspace / "exports").rglob("*.pte"))
+
+    state = _state(at)
+    state.set_recipe(dataclasses.replace(state.recipe, backend="xnnpack"))
+    at = _click(at.run(), "offer-convert")  # the conversion is out of date: convert again
+    _click(at, "pte")
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["In the XNNPACK delegate"] == "38 of 39 ops"
+    assert metrics["Predictions agree"].endswith(" %")
+    (load,) = [c.value for c in at.code if "load_method" in c.value]
+    assert 'program = Runtime.get().load_program("model.pte")' in load
+    built = state.pte_build[1]
+    path = built.pte.saved.path
+    assert path == workspace / "exports" / state.session / state.current().uid / "model.pte"
+    assert path.with_suffix(".pt2").exists()  # the .pt2 beside it, as Export builds it
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    got = load_pte(path)(x)
+    want = state.stages()["converted"].graph_module(x)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert [job.kind for job in state.jobs.log][-1] == "pte"
+
+    at.switch_page("app_pages/graph.py").run()
+    at.radio(key="graph-colour").set_value("delegation").run()
+    assert not at.exception
+    colours = _component(at)["colors"]
+    assert colours["conv2d"] == PLACEMENT_COLOURS["xnnpack"]
+    assert colours["flatten"] == PLACEMENT_COLOURS["portable"]
+    assert colours["batch_norm"] == PLACEMENT_COLOURS["not in program"]
+    assert any("38 of the converted graph's 39 op nodes" in c.value for c in at.caption)
+    assert any("flatten (flatten)" in c.value for c in at.caption)
+
+
 def test_export_page_measures_compiled_latency(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -331,8 +331,8 @@ def test_hf_resnet_load_calibrate_convert_export(server: str, page, tmp_path: Pa
     page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
     page.get_by_role("link", name="Model").click()
     page.get_by_text("Python file").click()
-    page.get_by_label("Spec").fill(spec)
-    page.get_by_label("Spec").press("Enter")
+    page.get_by_role("textbox", name="Spec").fill(spec)
+    page.get_by_role("textbox", name="Spec").press("Enter")
     page.wait_for_timeout(1000)
     page.get_by_role("button", name="Load", exact=True).click()
     try:
@@ -373,11 +373,56 @@ def test_hf_resnet_load_calibrate_convert_export(server: str, page, tmp_path: Pa
         assert torch.equal(got.logits, expected.logits)
 
 
+def test_the_graph_colours_nodes_by_where_the_pte_runs_them(server: str, page) -> None:  # type: ignore[no-untyped-def]
+    """xnnpack recipe, convert and build model.pte from the Export page, then the Graph page's
+    delegation colours: the convs in the XNNPACK delegate, the flatten on a portable kernel,
+    the folded batch norms not in the program."""
+    from workbench.drawing.overlays import PLACEMENT_COLOURS
+
+    page.set_viewport_size({"width": 1500, "height": 1600})
+    page.goto(server)
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
+    page.get_by_role("link", name="Recipe").click()
+    page.get_by_text("quantizable nodes").first.wait_for(timeout=60_000)
+    _choose(page, "Backend", "xnnpack")
+    _recipe_is(page, "PTQ with xnnpack")
+    page.get_by_role("link", name="Export").click()
+    page.get_by_role("button", name=re.compile("then convert")).click()
+    build = page.get_by_role("button", name=re.compile(r"^Build model\.pte"))
+    build.wait_for(timeout=180_000)
+    build.click()
+    page.get_by_text("In the XNNPACK delegate").first.wait_for(timeout=180_000)
+    page.get_by_text("38 of 39 ops").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "export_pte.png"), full_page=True)
+
+    page.get_by_role("link", name="Graph").click()
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=60_000)
+    page.get_by_text("delegation", exact=True).click()
+    page.get_by_text("XNNPACK delegate (12)").first.wait_for(timeout=30_000)
+    page.wait_for_function(
+        """(want) => {
+            const host = [...document.querySelectorAll('*')].find(e => e.shadowRoot &&
+                e.shadowRoot.querySelector('g.node[id="conv2d_1"]'));
+            const fill = (id) => host && host.shadowRoot.querySelector(
+                'g.node[id="' + id + '"] path')?.getAttribute('fill');
+            return fill('conv2d_1') === want.xnnpack && fill('flatten') === want.portable
+                && fill('batch_norm_1') === want['not in program'];
+        }""",
+        arg=PLACEMENT_COLOURS,
+        timeout=30_000,
+    )
+    page.get_by_text("portable kernels (1)").first.wait_for(timeout=30_000)
+    page.locator('g.node[id="flatten"]').dispatch_event("click")  # maybe below the frame's fold
+    page.get_by_text("In model.pte:").first.wait_for(timeout=30_000)
+    page.get_by_text(re.compile(r"portable kernels: flatten")).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "graph_delegation.png"), full_page=True)
+
+
 def _load_python_spec(page, spec: str) -> None:  # type: ignore[no-untyped-def]
     page.get_by_role("link", name="Model").click()
     page.get_by_text("Python file").click()
-    page.get_by_label("Spec").fill(spec)
-    page.get_by_label("Spec").press("Enter")
+    page.get_by_role("textbox", name="Spec").fill(spec)
+    page.get_by_role("textbox", name="Spec").press("Enter")
     page.wait_for_timeout(1000)
     page.get_by_role("button", name="Load", exact=True).click()
     page.get_by_text(f"Loaded: {spec}").wait_for(timeout=120_000)

@@ -32,6 +32,7 @@ __all__ = [
     "prune",
     "save_program",
     "temporary_beside",
+    "tensor_expression",
     "write_text",
 ]
 
@@ -217,7 +218,7 @@ def _tree_modules(tree: Any) -> set[str]:
 def _expression(value: Any) -> str:
     """Python source for a value like `value`: random tensors of its shape and dtype."""
     if isinstance(value, torch.Tensor):
-        return _tensor_expression(value)
+        return tensor_expression(value)
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k!r}: {_expression(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
@@ -228,7 +229,8 @@ def _expression(value: Any) -> str:
     return repr(value)
 
 
-def _tensor_expression(t: torch.Tensor) -> str:
+def tensor_expression(t: torch.Tensor) -> str:
+    """Python source for a tensor of `t`'s shape and dtype: random values in its range."""
     shape = ", ".join(str(int(s)) for s in t.shape)
     dtype = str(t.dtype).removeprefix("torch.")
     if t.dtype.is_floating_point:

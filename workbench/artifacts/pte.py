@@ -14,14 +14,20 @@ the program in the ExecuTorch runtime, comparing it with the model, and saving i
   from the program (`Lowered.max_batch`: 4096, the capture's bound, for the digits CNN without
   the pattern cache; 15 with it, where the bound is lost in tracing); `PteProgram` runs a
   larger batch in chunks of it.
-- The runtime in the executorch wheel registers the portable kernels, not the
-  `quantized_decomposed` ones: a quantize/dequantize left outside the delegate cannot run.
-  `lower` names such nodes in a `LoweringError` before anything is written.
+- A quantize/dequantize XNNPACK leaves outside its delegate (uint8 activations on one node, a
+  requantization it does not take) runs on ExecuTorch's quantized portable kernels: importing
+  `executorch.kernels.quantized` registers their out variants for `to_executorch` and their
+  kernels in the runtime (259 operators instead of 240). An operator the runtime still has no
+  kernel for stops `lower` with a `LoweringError` naming the nodes, before anything is written.
+- `source_placement` carries the placement back to the nodes of the exported graph the Graph
+  page draws: each exported node gets the ops made from it (its own op, its output's q/dq,
+  and the q/dq and weight dequantize feeding it).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import time
@@ -36,16 +42,18 @@ from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
 from workbench.analysis.sqnr import sqnr
-from workbench.artifacts.export import check_writable, temporary_beside
+from workbench.artifacts.export import check_writable, temporary_beside, tensor_expression
 from workbench.data.datasets import Dataset
 from workbench.errors import WorkbenchError, first_line
-from workbench.graph.nodes import readable_op
+from workbench.graph.nodes import is_qdq, readable_op
 from workbench.graph.provenance import node_source
 from workbench.locks import EXPORT_LOCK
 from workbench.model.signature import ModelInputs, compare_outputs, prediction
 
 __all__ = [
     "PLACEMENTS",
+    "QUANTIZED_KERNELS_LINE",
+    "SOURCE_PLACEMENTS",
     "Lowered",
     "LoweringError",
     "OutsideNode",
@@ -53,17 +61,25 @@ __all__ = [
     "PteCheck",
     "PteProgram",
     "SavedPte",
+    "SourcePlacement",
     "check",
     "load_pte",
     "lower",
+    "pte_loading_lines",
     "run",
     "save_pte",
+    "source_placement",
 ]
 
 log = logging.getLogger(__name__)
 
 Placement = Literal["xnnpack", "portable", "not in program"]
 PLACEMENTS: tuple[Placement, ...] = ("xnnpack", "portable", "not in program")
+# Where the ops made from one node of the exported graph run: "partly portable" when some
+# are in the delegate and some are not.
+SourceWhere = Literal["xnnpack", "partly portable", "portable", "not in program"]
+SOURCE_PLACEMENTS: tuple[SourceWhere, ...] = ("xnnpack", "partly portable", "portable",
+                                              "not in program")  # fmt: skip
 
 _FIX = (
     'Quantize with the xnnpack backend (--backend xnnpack, or "backend": "xnnpack" in '
@@ -151,6 +167,7 @@ def lower(program: ExportedProgram, *, what: str, source: GraphModule | None = N
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
+    _register_quantized_kernels()
     names = _op_nodes(source if source is not None else program.graph_module)
     renamed = _program_to_source(program, source)
     graph_id = id(program.graph)
@@ -213,12 +230,7 @@ class PteProgram:
         return self._unflatten([torch.cat(parts) for parts in zip(*chunks, strict=True)])
 
     def _execute(self, inputs: ModelInputs) -> list[torch.Tensor]:
-        if self.in_spec is not None:
-            import torch.fx._pytree as fx_pytree
-
-            flat = fx_pytree.tree_flatten_spec((inputs.args, inputs.kwargs), self.in_spec)
-        else:
-            flat = inputs.tensors()
+        flat = _flat_inputs(inputs, self.in_spec)
         values = [v.contiguous() if isinstance(v, torch.Tensor) else v for v in flat]
         try:
             return [t.clone() for t in self.method.execute(values)]
@@ -250,6 +262,7 @@ def load_pte(
     """
     from executorch.runtime import Runtime
 
+    _register_quantized_kernels()
     data = str(source) if isinstance(source, Path) else source
     try:
         loaded = Runtime.get().load_program(data)
@@ -268,6 +281,44 @@ def run(source: Lowered | bytes | Path | str, inputs: ModelInputs) -> Any:
     if isinstance(source, Lowered):
         return source.program()(inputs)
     return load_pte(source)(inputs)
+
+
+QUANTIZED_KERNELS_LINE = (
+    "import executorch.kernels.quantized  # kernels of the q/dq ops outside the XNNPACK delegate"
+)
+
+
+def pte_loading_lines(lowered: Lowered, inputs: ModelInputs, path: str | Path = "model.pte") -> str:
+    """Python lines that run the saved .pte in a fresh interpreter (executorch installed,
+    nothing of the workbench): load it, call `forward` once on inputs shaped like `inputs`
+    (flattened as the program takes them), the list of output tensors as `output`.
+
+    When a quantize/dequantize runs outside the delegate, `import executorch.kernels.quantized`
+    comes first: without it the runtime has no kernel for it and `load_method` fails.
+    """
+    lines = []
+    if any(n.kernel.startswith("quantized_decomposed") for n in lowered.outside):
+        lines.append(QUANTIZED_KERNELS_LINE)
+    lines += [
+        "import torch",
+        "from executorch.runtime import Runtime",
+        "",
+        f"program = Runtime.get().load_program({json.dumps(str(path))})",
+        'method = program.load_method("forward")',
+    ]
+    flat = _flat_inputs(ModelInputs.of(inputs), lowered.in_spec)
+    if lowered.max_batch is not None:
+        lines.append(f"# inputs in the program's order, a batch of {lowered.max_batch} at most")
+    lines.append(f"output = method.execute([{', '.join(tensor_expression(t) for t in flat)}])")
+    return "\n".join(lines) + "\n"
+
+
+def _flat_inputs(inputs: ModelInputs, in_spec: pytree.TreeSpec | None) -> list[Any]:
+    if in_spec is None:
+        return list(inputs.tensors())
+    import torch.fx._pytree as fx_pytree
+
+    return list(fx_pytree.tree_flatten_spec((inputs.args, inputs.kwargs), in_spec))
 
 
 @dataclass(frozen=True)
@@ -377,6 +428,78 @@ def save_pte(
 
 
 # --- where each node runs ------------------------------------------------------------------
+
+
+def _register_quantized_kernels() -> None:
+    """The quantized_decomposed out variants (for to_executorch) and their runtime kernels."""
+    import executorch.kernels.quantized  # noqa: F401  (registers on import)
+
+
+@dataclass(frozen=True)
+class SourcePlacement:
+    """Where the ops made from one node of the exported graph run: `where` sums them up;
+    `nodes` maps each placement to those ops (converted-graph names, graph order).
+
+    `where` follows the node's own ops (not its quantize/dequantize): "portable" when they
+    run outside every delegate, "xnnpack" when they and their q/dq all run inside one,
+    "partly portable" when they run inside but a q/dq of theirs does not (a requantization
+    XNNPACK does not take); a node with only q/dq ops left follows those.
+    """
+
+    where: SourceWhere
+    nodes: Mapping[Placement, tuple[str, ...]]
+
+
+def source_placement(
+    converted: GraphModule, placement: Mapping[str, Placement]
+) -> dict[str, SourcePlacement]:
+    """`Lowered.placement` (keyed by the converted graph's op nodes) per exported node.
+
+    An op node of `converted` belongs to its source in the exported graph
+    (`workbench.graph.provenance.node_source`). Nodes convert made from observers (an input's
+    quantize, a requantization, a weight's dequantize) have no such source: they belong to
+    the first op they feed that has one. An exported node with no op left in the converted
+    graph (a batch norm folded into its conv) is missing here: it is not in the program.
+    """
+    from workbench.graph.provenance import exported_graph_id
+
+    exported_id = exported_graph_id(converted)
+    owner: dict[Node, str | None] = {}
+
+    def owner_of(node: Node) -> str | None:
+        if node not in owner:
+            source = node_source(node)
+            if source.graph_id == exported_id:
+                owner[node] = source.name
+            else:
+                owner[node] = next((o for u in node.users if (o := owner_of(u)) is not None),
+                                   None)  # fmt: skip
+        return owner[node]
+
+    grouped: dict[str, dict[Placement, list[str]]] = {}
+    own: dict[str, set[Placement]] = {}
+    for node in converted.graph.nodes:
+        where = placement.get(node.name) if node.op == "call_function" else None
+        name = owner_of(node) if where is not None else None
+        if where is None or name is None:
+            continue
+        grouped.setdefault(name, {}).setdefault(where, []).append(node.name)
+        if not is_qdq(node):
+            own.setdefault(name, set()).add(where)
+    placed = {}
+    for name, nodes in grouped.items():
+        where = _summed(own.get(name) or set(nodes), set(nodes))
+        placed[name] = SourcePlacement(where, {k: tuple(v) for k, v in nodes.items()})
+    return placed
+
+
+def _summed(own: set[Placement], every: set[Placement]) -> SourceWhere:
+    running = own - {"not in program"}
+    if not running:
+        return "not in program"
+    if running == {"xnnpack"}:
+        return "partly portable" if "portable" in every else "xnnpack"
+    return "portable" if running == {"portable"} else "partly portable"
 
 
 def _op_nodes(gm: GraphModule) -> dict[str, Node]:

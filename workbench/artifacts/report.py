@@ -16,11 +16,11 @@ from torch.fx import GraphModule
 
 from workbench.analysis.compare import Comparison, compare
 from workbench.artifacts.export import SavedModel, loading_lines, program_for, program_size
-from workbench.artifacts.pte import Lowered, PteCheck, SavedPte
+from workbench.artifacts.pte import Lowered, PteCheck, SavedPte, pte_loading_lines
 from workbench.data.datasets import Dataset
 from workbench.graph.nodes import readable_op
 from workbench.model.capture import CapturedModel
-from workbench.model.signature import prediction_label
+from workbench.model.signature import ModelInputs, prediction_label
 from workbench.quantization.recipe import Recipe
 from workbench.stages.stage import Stages
 from workbench.stages.steps import call, evaluate
@@ -188,11 +188,13 @@ def make_report(
     }
 
 
-def pte_report(lowering: PteLowering, saved: SavedModel) -> dict[str, Any]:
+def pte_report(
+    lowering: PteLowering, saved: SavedModel, example_inputs: ModelInputs
+) -> dict[str, Any]:
     """The report's "pte" section: where the converted graph's op nodes run (counts per
     placement, the nodes outside the XNNPACK delegate with their op), sizes of the .pte, the
-    .pt2 and the float .pte, and the runtime's gap to the converted model (the float .pte's
-    to the float model).
+    .pt2 and the float .pte, the runtime's gap to the converted model (the float .pte's
+    to the float model), and the lines that run the file in a plain script ("load").
 
     `lowering` is anything with `lowered`, `checked`, `float_lowered`, `float_checked` and
     `saved` (`workbench.stages.build.PteBuild`).
@@ -212,6 +214,9 @@ def pte_report(lowering: PteLowering, saved: SavedModel) -> dict[str, Any]:
         "max_batch": lowered.max_batch,
         "lower_seconds": round(lowered.seconds, 4),
         "check": lowering.checked.as_dict(),
+        "load": pte_loading_lines(
+            lowered, example_inputs, written.path.name if written is not None else "model.pte"
+        ),
         "float": {
             "placement_counts": float_lowered.counts,
             "outside_delegate": [n.as_dict() for n in float_lowered.outside],

@@ -3,7 +3,8 @@
 An overlay is keyed by node id or box id (`module/PATH` for a collapsed module), never stored
 in the graph itself. Two kinds:
 
-- `Overlay`: one colouring (op family, annotation status, SQNR): a legend and a fill per node
+- `Overlay`: one colouring (op family, annotation status, SQNR, where the .pte runs each
+  node): a legend and a fill per node
   or box. The Graph page shows the legend and hands the fills to its graph component, which
   recolours the laid-out SVG without a new layout. Op family is the drawing's own colouring:
   `workbench.drawing.dot` fills every node with `family_colour`.
@@ -32,6 +33,8 @@ __all__ = [
     "FRAME_TITLE_COLOUR",
     "MODULE_BOX_COLOUR",
     "NO_SQNR_COLOUR",
+    "PLACEMENT_COLOURS",
+    "PLACEMENT_LABELS",
     "REMOVED_FILL",
     "SQNR_BANDS",
     "NodeOverlay",
@@ -41,6 +44,7 @@ __all__ = [
     "diff_style",
     "family_colour",
     "family_overlay",
+    "placement_overlay",
     "sqnr_colour",
     "sqnr_colours",
     "sqnr_legend",
@@ -99,6 +103,20 @@ DIFF_COLOURS: dict[str, str] = {
     "unchanged": "#e0e0e0",
 }
 REMOVED_FILL = "#ffffff"
+# Where the ExecuTorch program runs a node (`workbench.artifacts.pte.SOURCE_PLACEMENTS`):
+# inside the XNNPACK delegate, partly outside it, wholly on portable kernels, or nowhere.
+PLACEMENT_COLOURS: dict[str, str] = {
+    "xnnpack": "#74c476",
+    "partly portable": "#fdae6b",
+    "portable": "#e6550d",
+    "not in program": "#eeeeee",
+}
+PLACEMENT_LABELS = {
+    "xnnpack": "XNNPACK delegate",
+    "partly portable": "partly on portable kernels",
+    "portable": "portable kernels",
+    "not in program": "not in the program",
+}
 DIFF_BADGES = {"added": "added", "removed": "removed", "rewritten": "rewritten"}
 
 
@@ -209,6 +227,42 @@ def sqnr_overlay(
     depths = [None] if collapse_depth is None else [*range(collapse_depth, deepest + 1), None]
     fills = {box: c for d in depths for box, c in sqnr_colours(view, errors, d).items()}
     return Overlay(sqnr_legend(), fills)
+
+
+# --- colouring by where the .pte runs each node --------------------------------------------
+
+
+def placement_overlay(
+    view: GraphView, where: Mapping[str, str], collapse_depth: int | None = None
+) -> Overlay:
+    """Colour by where the lowered program runs each node (`where`: exported node name to a
+    SOURCE_PLACEMENTS value; an op node left out is not in the program). The legend counts
+    the op nodes of each colour. A collapsed module box is XNNPACK or portable when all its
+    running nodes are, partly portable when they are mixed, and not in the program when none
+    of its nodes runs."""
+    ops = [n for n in view.nodes if n.op == "call_function"]
+    placed = {n.name: where.get(n.name, "not in program") for n in ops}
+    deepest = max_depth(view)
+    depths = [None] if collapse_depth is None else [*range(collapse_depth, deepest + 1), None]
+    fills: dict[str, str] = {}
+    for depth in depths:
+        members: dict[str, set[str]] = {}
+        for node in ops:
+            members.setdefault(box_of(node, depth), set()).add(placed[node.name])
+        for box, kinds in members.items():
+            fills[box] = PLACEMENT_COLOURS[_combined(kinds)]
+    counts = {kind: 0 for kind in PLACEMENT_COLOURS}
+    for kind in placed.values():
+        counts[kind] += 1
+    legend = {f"{PLACEMENT_LABELS[k]} ({counts[k]})": c for k, c in PLACEMENT_COLOURS.items()}
+    return Overlay(legend, fills)
+
+
+def _combined(kinds: set[str]) -> str:
+    running = kinds - {"not in program"}
+    if not running:
+        return "not in program"
+    return running.pop() if len(running) == 1 else "partly portable"
 
 
 # --- styling a stage diff ------------------------------------------------------------------

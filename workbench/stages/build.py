@@ -21,7 +21,15 @@ import torch
 
 from workbench.analysis.compare import Comparison
 from workbench.artifacts.export import SavedModel, program_for, save_program, write_text
-from workbench.artifacts.pte import Lowered, PteCheck, SavedPte, check, lower, save_pte
+from workbench.artifacts.pte import (
+    Lowered,
+    LoweringError,
+    PteCheck,
+    SavedPte,
+    check,
+    lower,
+    save_pte,
+)
 from workbench.artifacts.report import make_report, pte_report
 from workbench.data.datasets import Dataset, load_data
 from workbench.model.capture import CapturedModel
@@ -36,6 +44,7 @@ __all__ = [
     "BuildResult",
     "PteBuild",
     "build",
+    "export_pte",
     "export_stages",
     "lower_stages",
     "quantize",
@@ -121,20 +130,11 @@ def build(
     if progress is not None:
         progress("export", 0, 1, {})
     out = Path(out)
-    lowering = None
     if out.suffix == ".pte":
-        lowering = lower_stages(captured, dataset, stages, timings)  # fails before any write
-    result = export_stages(captured, recipe, dataset, stages, out.with_suffix(".pt2"), timings)
+        result = export_pte(captured, recipe, dataset, stages, out, timings)
+    else:
+        result = export_stages(captured, recipe, dataset, stages, out, timings)
     report = result.report
-    if lowering is not None:
-        start = time.perf_counter()
-        saved_pte = save_pte(lowering.lowered, out, checked=lowering.checked,
-                             example_inputs=captured.example_inputs)  # fmt: skip
-        timings["save_pte"] = time.perf_counter() - start
-        lowering = dataclasses.replace(lowering, saved=saved_pte)
-        report["timings_s"]["save_pte"] = round(timings["save_pte"], 4)
-        report["pte"] = pte_report(lowering, result.saved)
-        result = dataclasses.replace(result, pte=lowering)
     if report_path is not None:
         write_text(report_path, json.dumps(report, indent=2) + "\n")
     if recipe_path is not None:
@@ -213,8 +213,44 @@ def export_stages(
     return BuildResult(stages, saved, report)
 
 
+def export_pte(
+    captured: CapturedModel,
+    recipe: Recipe,
+    dataset: Dataset,
+    stages: Stages,
+    out: Path,
+    timings: dict[str, float] | None = None,
+    *,
+    exported: BuildResult | None = None,
+    comparison: Comparison | None = None,
+) -> BuildResult:
+    """Lower the stages (`lower_stages`), write the checked .pte at `out` and the .pt2 beside
+    it (same name, .pt2: the report's reload check and sizes are about it, and the app and
+    `inspect` read it), with the report's "pte" section.
+
+    `exported`, a .pt2 build of these very stages, is used instead of a new one. Lowering
+    fails (LoweringError) before anything is written; the .pte is written atomically.
+    """
+    timings = dict(timings or {})
+    lowering = lower_stages(captured, recipe, dataset, stages, timings)
+    result = exported or export_stages(captured, recipe, dataset, stages,
+                                       out.with_suffix(".pt2"), timings, comparison)  # fmt: skip
+    start = time.perf_counter()
+    saved_pte = save_pte(lowering.lowered, out, checked=lowering.checked,
+                         example_inputs=captured.example_inputs)  # fmt: skip
+    lowering = dataclasses.replace(lowering, saved=saved_pte)
+    report = dict(result.report)
+    report["timings_s"] = dict(report["timings_s"])
+    for name in ("lower", "lower_float", "check_pte", "check_pte_float"):
+        report["timings_s"][name] = round(timings[name], 4)
+    report["timings_s"]["save_pte"] = round(time.perf_counter() - start, 4)
+    report["pte"] = pte_report(lowering, result.saved, captured.example_inputs)
+    return dataclasses.replace(result, report=report, pte=lowering)
+
+
 def lower_stages(
     captured: CapturedModel,
+    recipe: Recipe,
     dataset: Dataset,
     stages: Stages,
     timings: dict[str, float] | None = None,
@@ -222,7 +258,10 @@ def lower_stages(
     """Lower the converted and the float (exported) stage to .pte with XNNPACK and check
     each in the ExecuTorch runtime against its own model, on up to four evaluation batches
     of 128 and the example inputs. Adds "lower", "lower_float" and "check_pte" to `timings`.
-    Raises LoweringError (a WorkbenchError) naming the nodes that stop the lowering.
+
+    Raises LoweringError (a WorkbenchError) naming the nodes that stop the lowering, and for
+    a recipe of another backend than xnnpack: its quantization is not XNNPACK's (x86_inductor's
+    uint8 activations), so XNNPACK leaves its q/dq to slow portable kernels.
     """
     timings = timings if timings is not None else {}
     made = {}
@@ -232,11 +271,26 @@ def lower_stages(
         program = program_for(gm, captured.example_inputs, dims=captured.dynamic_dims,
                               parameters=captured.parameters, keep_debug=True)  # fmt: skip
         lowered = lower(program, what=what, source=gm)
+        if not key and recipe.backend != "xnnpack":
+            _refuse_backend(recipe.backend, lowered)
         timings[f"lower{key}"] = lowered.seconds
         start = time.perf_counter()
         made[key] = (lowered, check(lowered, gm, dataset, example_inputs=captured.example_inputs))
         timings[f"check_pte{key}"] = time.perf_counter() - start
     return PteBuild(*made[""], *made["_float"])
+
+
+def _refuse_backend(backend: str, lowered: Lowered) -> None:
+    counts, outside = lowered.counts, lowered.outside
+    listed = ", ".join(f"{n.node} ({n.op})" for n in outside[:6])
+    more = f" and {len(outside) - 6} more" if len(outside) > 6 else ""
+    raise LoweringError(
+        f"The recipe quantizes for {backend}, not for XNNPACK: XNNPACK takes "
+        f"{counts['xnnpack']} of the converted model's {sum(counts.values())} op nodes and "
+        f"leaves {counts['portable']} to portable kernels: {listed}{more}.",
+        'Quantize with the xnnpack backend (--backend xnnpack, or "backend": "xnnpack" in '
+        "the recipe), or export the .pt2 for Inductor instead.",
+    )
 
 
 def resized_examples(captured: CapturedModel) -> list[ModelInputs]:

@@ -50,6 +50,7 @@ _INT8_REFERENCE = 3.0  # the q/dq reference model's forward against the float fo
 _CONVERT = (0.5, 0.01, 1e-6)  # fixed, per node, per parameter
 _EXPORT = (1.0, 0.01, 5e-7)  # re-export, save, reload: fixed, per node, per parameter
 _COMPILE = (5.0, 0.05)  # torch.compile of both models for latency: fixed, per node
+_LOWER = (2.5, 0.05)  # one ExecuTorch lowering with XNNPACK: fixed, per node (digits: 2.7 s)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,12 @@ class Costs:
         fixed, node, param = _EXPORT
         check = 2 * _INT8_REFERENCE * self.forward(check_samples)
         return fixed + node * self.nodes + param * self.parameters + check
+
+    def pte(self, check_samples: int) -> float:
+        """Lower the int8 and the float model with XNNPACK and run both on the check batches
+        (and the .pt2 export when none is built yet: `export`)."""
+        fixed, node = _LOWER
+        return 2 * (fixed + node * self.nodes) + 2 * _INT8_REFERENCE * self.forward(check_samples)
 
     def latency(self, batch: int) -> float:
         """Compile both models and time 20 calls of each."""
