@@ -266,3 +266,21 @@ def test_a_tensor_in_a_closure_is_not_cached(no_cache: None) -> None:
         )
         assert cache.stats.uncached == 1 and len(cache) == 0
     assert [n.op for n in graph.graph.nodes].count("call_function") == 1
+
+
+def test_a_stopped_warm_up_ends_before_its_next_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's exit sets the event: the warm-up ends after the step it is in."""
+    steps = []
+    real = pc.EXPORT_LOCK.when_idle
+
+    def counted(seconds: float) -> Any:
+        steps.append(seconds)
+        if len(steps) == 2:
+            stop.set()  # asked to stop during the second step (the first prepare)
+        return real(0.0)
+
+    stop = threading.Event()
+    monkeypatch.setattr(pc.EXPORT_LOCK, "when_idle", counted)
+    with pc.pattern_cache():
+        pc.warm_pattern_cache(stop)
+    assert steps == [pc.WARM_IDLE_S, pc.WARM_IDLE_S]  # of 10 (5 steps for each backend)

@@ -280,10 +280,12 @@ def pattern_cache(*, strict: bool = False) -> Iterator[PatternCache | None]:
 WARM_IDLE_S = 1.0  # the warm-up's steps wait for the export lock to be idle this long
 
 
-def warm_pattern_cache() -> None:
+def warm_pattern_cache(stop: threading.Event | None = None) -> None:
     """Fill the cache with the patterns of a QAT prepare/convert of conv1d/conv2d-bn-relu.
 
     The keys do not depend on the user's model, so this makes the first real convert fast.
+    Once `stop` is set, it returns before its next step (a server shutting down waits for
+    one step, not for the whole warm-up).
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
@@ -303,22 +305,33 @@ def warm_pattern_cache() -> None:
             return torch.relu(self.bn2(self.conv2(y)))
 
     example = (torch.randn(2, 2, 2, 2),)
-    for backend in ("x86_inductor", "xnnpack"):
-        # Each step holds EXPORT_LOCK whole, as a session's own steps do: torchao's passes are
-        # not thread-safe between their pattern exports either (run unlocked, a session's
-        # export at the same time reloaded 0.0124 away from its in-memory model). A step of a
-        # cold cache holds it for seconds, so each starts only once nobody has used the lock
-        # for a second: a session's calibration or QAT run is never held up step by step.
-        with EXPORT_LOCK.when_idle(WARM_IDLE_S):
-            model = torch.export.export(Tiny().eval(), example).module()
-        with EXPORT_LOCK.when_idle(WARM_IDLE_S):
-            prepared = prepare_qat_pt2e(model, base_quantizer(backend, is_qat=True))
-        with EXPORT_LOCK.when_idle(WARM_IDLE_S):
-            prepared(*example)
-        with EXPORT_LOCK.when_idle(WARM_IDLE_S):
-            move_exported_model_to_eval(prepared)
-        with EXPORT_LOCK.when_idle(WARM_IDLE_S):
-            convert_pt2e(prepared)
+
+    def step() -> contextlib.AbstractContextManager[None]:
+        if stop is not None and stop.is_set():
+            raise _WarmUpStopped
+        return EXPORT_LOCK.when_idle(WARM_IDLE_S)
+
+    # Each step holds EXPORT_LOCK whole, as a session's own steps do: torchao's passes are
+    # not thread-safe between their pattern exports either (run unlocked, a session's export
+    # at the same time reloaded 0.0124 away from its in-memory model). A step of a cold cache
+    # holds it for seconds, so each starts only once nobody has used the lock for a second:
+    # a session's calibration or QAT run is never held up step by step.
+    with contextlib.suppress(_WarmUpStopped):
+        for backend in ("x86_inductor", "xnnpack"):
+            with step():
+                model = torch.export.export(Tiny().eval(), example).module()
+            with step():
+                prepared = prepare_qat_pt2e(model, base_quantizer(backend, is_qat=True))
+            with step():
+                prepared(*example)
+            with step():
+                move_exported_model_to_eval(prepared)
+            with step():
+                convert_pt2e(prepared)
+
+
+class _WarmUpStopped(Exception):
+    """Raised between warm-up steps once the warm-up was asked to stop."""
 
 
 def _modules() -> list[types.ModuleType]:
