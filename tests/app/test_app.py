@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from apptree import graph_payload, graph_payloads
 from streamlit.testing.v1 import AppTest
 
 from app_pages.recipe import table_key
@@ -36,28 +37,6 @@ def _load_pt2(path: Path) -> object:
 
     with EXPORT_LOCK:
         return torch.export.load(str(path)).module()
-
-
-def _components(at: AppTest) -> list[dict]:
-    """The data payloads of the graph components (unknown elements to AppTest)."""
-    found = []
-
-    def walk(node: object) -> None:
-        for child in getattr(node, "children", {}).values():
-            if type(child).__name__ == "UnknownElement" and child.type == "bidi_component":
-                found.append(child.proto)
-            walk(child)
-
-    walk(at._tree)
-    assert all(p.component_name == "workbench.graph_view" for p in found)
-    return [json.loads(p.json) for p in found]
-
-
-def _component(at: AppTest) -> dict:
-    """The data payload of the page's one graph component."""
-    found = _components(at)
-    assert len(found) == 1, "expected exactly one graph component"
-    return found[0]
 
 
 def _state(at: AppTest):  # type: ignore[no-untyped-def]
@@ -90,7 +69,7 @@ def _convert_from_here(at: AppTest) -> AppTest:
 def test_opens_on_the_graph_of_the_default_sample(workspace: Path) -> None:
     at = _open()
     assert [t.value for t in at.title] == ["Graph · sample:digits_cnn"]
-    svg = _component(at)["svg"]
+    svg = graph_payload(at)["svg"]
     assert svg.count('class="node"') == 19  # 45 nodes less 26 folded parameters
     for name in ("x", "conv2d", "batch_norm", "add", "linear", "output"):
         assert f'<g id="{name}" class="node">' in svg
@@ -106,7 +85,7 @@ def test_click_shows_details_and_the_editor_sets_keep_float(workspace: Path) -> 
     assert "Module `block1.conv1` (Conv2d)" in text
     assert "**Annotation:** backend defaults" in text and "`default`" in text
     assert [c.value for c in at.code] == ["out = self.relu1(self.bn1(self.conv1(x)))"]
-    assert _component(at)["selected"] == "conv2d_1"
+    assert graph_payload(at)["selected"] == "conv2d_1"
 
     at.selectbox(key=None)
     keep = next(s for s in at.selectbox if s.label == "Keep float")
@@ -122,7 +101,7 @@ def test_click_shows_details_and_the_editor_sets_keep_float(workspace: Path) -> 
     assert saved == recipe
 
     at.radio[0].set_value("annotation").run()
-    colours = _component(at)["colors"]
+    colours = graph_payload(at)["colors"]
     assert colours["conv2d_1"] == ANNOTATION_COLOURS["float"]
     assert colours["conv2d"] == ANNOTATION_COLOURS["default"]
     assert colours["batch_norm"] == ANNOTATION_COLOURS["not quantized"]  # folded in PTQ
@@ -131,7 +110,7 @@ def test_click_shows_details_and_the_editor_sets_keep_float(workspace: Path) -> 
 def test_search_highlights_and_centres(workspace: Path) -> None:
     at = _open()
     at.text_input(key="graph-search").input("block1").run()
-    data = _component(at)
+    data = graph_payload(at)
     assert data["highlight"] == ["conv2d_1", "batch_norm_1", "relu_1", "conv2d_2",
                                  "batch_norm_2", "add", "relu_2"]  # fmt: skip
     assert data["center"] == "conv2d_1"
@@ -140,7 +119,7 @@ def test_search_highlights_and_centres(workspace: Path) -> None:
 def test_collapse_depth_draws_modules_as_boxes(workspace: Path) -> None:
     at = _open()
     at.select_slider[0].set_value(1).run()
-    svg = _component(at)["svg"]
+    svg = graph_payload(at)["svg"]
     assert '<g id="module/block1" class="node">' in svg
     assert '<g id="conv2d_1" class="node">' not in svg
 
@@ -242,7 +221,7 @@ def test_diff_page_links_a_removed_batch_norm_to_its_fused_group(workspace: Path
                       "removed": "66"}  # fmt: skip
     at.session_state["diff-before"] = {"clicked": "batch_norm_5"}
     at.run()
-    before, after = _components(at)
+    before, after = graph_payloads(at)
     assert before["selected"] == "batch_norm_5"
     assert {"conv2d_5", "mul_1", "batch_norm_5"} <= set(before["highlight"])
     assert after["selected"] == "conv2d_8"
@@ -254,7 +233,7 @@ def test_diff_overlay_view(workspace: Path) -> None:
     at = _convert_from_here(_open("diff"))
     next(r for r in at.radio if r.label == "View").set_value("overlay").run()
     assert not at.exception
-    (overlay,) = _components(at)
+    (overlay,) = graph_payloads(at)
     svg = overlay["svg"]
     # PTQ prepared -> converted: the 13 observers go (drawn dashed), q/dq pairs come.
     assert svg.count('<g id="before/activation_post_process_') == 13
@@ -351,7 +330,7 @@ def test_train_page_runs_qat_with_live_charts_converts_and_compares(workspace: P
     at.switch_page("app_pages/graph.py").run()
     at.radio(key="graph-colour").set_value("SQNR").run()
     assert not at.exception
-    assert _component(at)["colors"] == sqnr_colours(state.view, comparison.errors)
+    assert graph_payload(at)["colors"] == sqnr_colours(state.view, comparison.errors)
     at.session_state["graph"] = {"clicked": "conv2d_1"}
     at.run()
     error = next(e for e in comparison.errors if e.exported == "conv2d_1")
@@ -588,7 +567,7 @@ def test_export_builds_a_pte_and_the_graph_colours_nodes_by_where_they_run(
     at.switch_page("app_pages/graph.py").run()
     at.radio(key="graph-colour").set_value("delegation").run()
     assert not at.exception
-    colours = _component(at)["colors"]
+    colours = graph_payload(at)["colors"]
     assert colours["conv2d"] == PLACEMENT_COLOURS["xnnpack"]
     assert colours["flatten"] == PLACEMENT_COLOURS["portable"]
     assert colours["batch_norm"] == PLACEMENT_COLOURS["not in program"]
@@ -767,11 +746,11 @@ def test_a_missing_graphviz_and_a_failing_page_are_error_boxes(
         "**Graphviz 'dot' is not installed, so the graph cannot be laid out.**\n\n"
         "Install it: apt-get install graphviz (Debian/Ubuntu) or brew install graphviz."
     ]
-    assert _components(at) == []
+    assert graph_payloads(at) == []
     assert [t.value for t in at.title] == ["Graph · sample:digits_cnn"]  # the page went on
     monkeypatch.undo()
     at.run()
-    assert not at.error and _component(at)["svg"].count('class="node"') == 19
+    assert not at.error and graph_payload(at)["svg"].count('class="node"') == 19
 
     def broken(view: object, query: str) -> list[str]:
         raise KeyError(query)
@@ -881,7 +860,7 @@ def test_diff_and_export_compute_nothing_on_open_and_offer_the_conversion(
     assert state.current() is not None and state.calibrated is not None
     assert at.button(key="export").label.startswith("Build model.pt2 (about ")
     at.switch_page("app_pages/diff.py").run()
-    assert not at.exception and len(_components(at)) == 2
+    assert not at.exception and len(graph_payloads(at)) == 2
     assert len(state.jobs.log) == 1  # the Diff page drew the converted stages, ran nothing
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from apptree import graph_payload
 from streamlit.testing.v1 import AppTest
 
 from workbench.drawing import viewcache
@@ -56,20 +57,6 @@ def _cold_graph_page() -> None:
     _graph(CachedView("sample:digits_cnn", 450, 19, 1, True, SVG))
 
 
-def _payload(at: AppTest) -> dict:
-    found = []
-
-    def walk(node: object) -> None:
-        for child in getattr(node, "children", {}).values():
-            if type(child).__name__ == "UnknownElement" and child.type == "bidi_component":
-                found.append(json.loads(child.proto.json))
-            walk(child)
-
-    walk(at._tree)
-    assert len(found) == 1
-    return found[0]
-
-
 def test_the_cold_graph_page_draws_the_entry_and_keeps_a_click() -> None:
     from ui.boot import PENDING_KEY
 
@@ -77,13 +64,13 @@ def test_the_cold_graph_page_draws_the_entry_and_keeps_a_click() -> None:
     assert not at.exception
     assert [t.value for t in at.title] == ["Graph · sample:digits_cnn"]
     assert "450 nodes are over the screen budget" in at.info[0].value
-    data = _payload(at)
+    data = graph_payload(at)
     assert data["svg"] == SVG and data["selected"] is None
     at.session_state["graph"] = {"clicked": "conv2d"}
     at.run()
     assert not at.exception
     assert at.session_state[PENDING_KEY] == "conv2d"
-    assert _payload(at)["selected"] == "conv2d"
+    assert graph_payload(at)["selected"] == "conv2d"
     assert [s.value for s in at.subheader] == ["conv2d"]
 
 
@@ -100,7 +87,7 @@ def test_a_cold_start_ends_in_the_app_with_the_click_applied(workspace: Path) ->
     assert at.session_state["workbench"].selected == "conv2d_1"
     assert [s.value for s in at.subheader] == ["conv2d_1"]
     entry = ViewCache(workspace / "views").get(key)  # written by the cold start's capture
-    assert entry is not None and entry.nodes == 45 and entry.svg == _payload(at)["svg"]
+    assert entry is not None and entry.nodes == 45 and entry.svg == graph_payload(at)["svg"]
 
 
 def test_the_entry_of_a_model_that_opens_collapsed_is_what_the_graph_page_opens_with(
@@ -114,7 +101,7 @@ def test_the_entry_of_a_model_that_opens_collapsed_is_what_the_graph_page_opens_
     assert [t.value for t in at.title] == [f"Graph · {spec}"]
     entry = ViewCache(workspace / "views").get(view_key(spec) or "")
     assert entry is not None and entry.collapse_depth is not None
-    assert entry.boxes < entry.nodes and entry.svg == _payload(at)["svg"]
+    assert entry.boxes < entry.nodes and entry.svg == graph_payload(at)["svg"]
 
 
 @pytest.mark.browser

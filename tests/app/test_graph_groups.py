@@ -3,29 +3,14 @@ it opens as module groups, a click expands one, search opens the groups of its m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from apptree import graph_payload
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 SPEC = f"{ROOT / 'benchmarks' / 'models.py'}:deep_stack_600"
-
-
-def _graph(at: AppTest) -> dict:
-    """The data payload of the Graph page's component."""
-    found = []
-
-    def walk(node: object) -> None:
-        for child in getattr(node, "children", {}).values():
-            if type(child).__name__ == "UnknownElement" and child.type == "bidi_component":
-                found.append(json.loads(child.proto.json))
-            walk(child)
-
-    walk(at._tree)
-    (data,) = found
-    return data
 
 
 def _click(at: AppTest, box: str) -> None:
@@ -44,12 +29,12 @@ def test_a_big_graph_opens_as_groups_and_a_click_expands_one(workspace: Path) ->
     at.switch_page("app_pages/graph.py").run()
     assert at.select_slider[0].value == "auto"
     assert "602 nodes drawn as 7 boxes: modules at depth 1 are one box each." in at.caption[0].value
-    svg = _graph(at)["svg"]
+    svg = graph_payload(at)["svg"]
     assert [f'<g id="module/{i}" class="node">' in svg for i in range(6)] == [True] * 5 + [False]
     assert '<g id="linear" class="node">' not in svg
 
     _click(at, "module/0")  # the first stage opens to its 25 cells' ops; the others stay boxes
-    data = _graph(at)
+    data = graph_payload(at)
     assert '<g id="cluster/0" class="cluster">' in data["svg"]
     assert '<g id="linear" class="node">' in data["svg"]
     assert '<g id="module/1" class="node">' in data["svg"]
@@ -57,21 +42,21 @@ def test_a_big_graph_opens_as_groups_and_a_click_expands_one(workspace: Path) ->
     assert [s.value for s in at.subheader] == ["0"]  # the group's details
 
     _click(at, "cluster/0")  # its frame's title closes it again
-    data = _graph(at)
+    data = graph_payload(at)
     assert '<g id="module/0" class="node">' in data["svg"] and data["selected"] == "module/0"
 
     at.text_input(key="graph-search").input("linear_110").run()  # in the last stage, 4
-    data = _graph(at)
+    data = graph_payload(at)
     assert '<g id="linear_110" class="node">' in data["svg"]
     assert '<g id="module/4" class="node">' not in data["svg"]
     assert data["highlight"] == ["linear_110"] and data["center"] == "linear_110"
     at.text_input(key="graph-search").input("").run()
-    assert '<g id="module/4" class="node">' in _graph(at)["svg"]  # search opens for a query
+    assert '<g id="module/4" class="node">' in graph_payload(at)["svg"]  # search opens for a query
 
     _click(at, "module/2")
     # AppTest keeps a trigger's value across runs (a browser's is one-shot): clear the click.
     at.session_state["graph"] = {"clicked": None}
     next(b for b in at.button if b.label == "Collapse all").click().run()
-    assert '<g id="module/2" class="node">' in _graph(at)["svg"]
+    assert '<g id="module/2" class="node">' in graph_payload(at)["svg"]
     at.select_slider[0].set_value("expanded").run()
-    assert '<g id="linear_110" class="node">' in _graph(at)["svg"]
+    assert '<g id="linear_110" class="node">' in graph_payload(at)["svg"]
