@@ -65,6 +65,28 @@ def test_a_failure_is_kept_with_its_traceback_and_a_workbench_error_without() ->
     assert isinstance(refused.error, WorkbenchError)
 
 
+def test_a_job_ended_by_a_base_exception_ends_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SystemExit and the like still end the job (the page would show it running forever)."""
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the thread re-raises it
+
+    def leaves(job: Job[None]) -> None:
+        raise SystemExit(3)
+
+    job = Jobs().start("convert", "a", leaves)
+    assert job.wait(10)
+    assert job.status == "failed" and str(job.error) == "SystemExit: 3"
+    assert "SystemExit: 3" in job.details
+
+
+def test_the_app_config_keeps_job_threads_running() -> None:
+    """Streamlit's default gc.collect(2) after every script run (fragments included) starved
+    job threads while a page polled: a digits conversion took over 180 s instead of 5 s."""
+    import tomllib
+
+    config = tomllib.loads((Path(__file__).parents[1] / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["postScriptGC"] is False
+
+
 def test_a_second_job_of_a_kind_stops_the_first_and_starts_once_it_has() -> None:
     order: list[str] = []
     release = threading.Event()
