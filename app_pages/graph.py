@@ -1,5 +1,5 @@
-"""Graph page: the graph coloured by op family, annotation, SQNR or where the ExecuTorch program
-runs each node; click a node to edit it."""
+"""Graph page: the graph coloured by op family, annotation, SQNR, the gap between two stages or
+where the ExecuTorch program runs each node; click a node to edit it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from ui.editor import node_editor
 from ui.graph_view import graph_view, group_click, groups_note, legend
 from ui.jobs import outcome, start_button
 from ui.state import AppState, loaded_state
+from workbench.analysis.debugger import stage_gap
+from workbench.analysis.latency import eval_batch
 from workbench.analysis.sqnr import NodeError, own_sqnr, sqnr_by_node
 from workbench.artifacts.pte import SourcePlacement, source_placement
 from workbench.drawing.dot import (
@@ -27,11 +29,14 @@ from workbench.drawing.overlays import (
     PLACEMENT_LABELS,
     Overlay,
     annotation_overlay,
+    db_overlay,
     family_overlay,
     placement_overlay,
     sqnr_overlay,
 )
+from workbench.graph.provenance import exported_graph_id
 from workbench.graph.view import GraphView, NodeInfo, search
+from workbench.jobs import Job
 from workbench.quantization.recipe import Effective
 from workbench.stages.build import BuildResult
 
@@ -150,6 +155,57 @@ def delegation(
     return placement_overlay(state.view, where, collapse_depth), placed
 
 
+GAP_BATCH = 128  # evaluation samples the stage gap runs both stages on
+
+
+def gap_section(state: AppState, collapse_depth: int | None) -> Overlay:
+    """Colour by the SQNR of one stage's node outputs against another's (a job measures it)."""
+    if state.current() is None:
+        st.caption("The gap is measured on the stages of the model converted with the current "
+                   "recipe and data: convert on Train & convert first.")  # fmt: skip
+        return family_overlay()
+    names = list(state.stages())
+    cols = st.columns([2, 2, 3])
+    reference = cols[0].selectbox("Reference stage", names, index=0, key="gap-reference")
+    compared = cols[1].selectbox("Compared stage", names, index=len(names) - 1,
+                                 key="gap-compared")  # fmt: skip
+    gap = state.stage_gaps.get((state.stages_key(), reference, compared))
+    if gap is None:
+        with cols[2]:
+            st.write("")  # level with the select boxes
+            start_button(state, "gap", "Measure the gap",
+                         lambda: start_stage_gap(state, reference, compared), key="gap",
+                         help=f"Runs both stages on {GAP_BATCH} evaluation samples, with "
+                              "torchao's numeric-debugger loggers.")  # fmt: skip
+        if state.jobs.running("gap"):
+            live_progress(state, "gap")
+        outcome(state.jobs.last("gap"))
+        return family_overlay()
+    st.caption(f"SQNR of each node's output in {compared} against {reference}, on "
+               f"{GAP_BATCH} evaluation samples, paired by torchao's numeric debugger (the "
+               "node's source in the exported graph). A conv whose BatchNorm convert folded "
+               "away is held against the float conv before it: for int8 against float, colour "
+               "by SQNR.")  # fmt: skip
+    return db_overlay(state.view, gap, collapse_depth)
+
+
+def start_stage_gap(state: AppState, reference: str, compared: str) -> Job[dict[str, float]]:
+    """Measure the gap between two stages as a job; the result goes to `state.stage_gaps`."""
+    stages, key = state.stages(), state.stages_key()
+    inputs = eval_batch(state.data(), GAP_BATCH)
+    exported_id = exported_graph_id(stages.converted.graph_module)
+
+    def work(job: Job[dict[str, float]]) -> dict[str, float]:
+        job.progress(0.1, f"running {reference} and {compared} with loggers…")
+        return stage_gap(stages[reference].graph_module, stages[compared].graph_module, inputs,
+                         exported_id)  # fmt: skip
+
+    def done(gap: dict[str, float]) -> None:
+        state.stage_gaps[(key, reference, compared)] = gap
+
+    return state.jobs.start("gap", f"{compared} against {reference}", work, on_done=done)
+
+
 # --- the page ---
 
 state = loaded_state()
@@ -160,11 +216,13 @@ cols = st.columns([3, 2, 3])
 choice = cols[0].select_slider("Collapse modules at depth", depth_options(view), value="auto",
                                help=DEPTH_HELP)  # fmt: skip
 converted = state.converted
-colourings = ["op family", "annotation"] + (["SQNR", "delegation"] if converted is not None
-                                            else [])  # fmt: skip
+colourings = ["op family", "annotation"] + (
+    ["SQNR", "stage gap", "delegation"] if converted is not None else []
+)
 colour_by = cols[1].radio("Colour by", colourings, horizontal=True, key="graph-colour",
-                          help="SQNR and delegation (where the ExecuTorch .pte runs each node): "
-                               "after Convert on the Train & convert page.")  # fmt: skip
+                          help="SQNR, stage gap (any two stages, node by node) and delegation "
+                               "(where the ExecuTorch .pte runs each node): after Convert on "
+                               "the Train & convert page.")  # fmt: skip
 query = cols[2].text_input("Search", placeholder="node, op or module", key="graph-search")
 
 depth = chosen_depth(view, choice)
@@ -193,6 +251,8 @@ if colour_by == "annotation":
     overlay = annotation_overlay(view, effective)
 elif colour_by == "SQNR" and converted is not None:
     overlay = sqnr_overlay(view, converted.comparison.errors, rendered.collapse_depth)
+elif colour_by == "stage gap" and converted is not None:
+    overlay = gap_section(state, rendered.collapse_depth)
 elif colour_by == "delegation" and converted is not None:
     overlay, placed = delegation(state, rendered.collapse_depth)
 legend(overlay.legend)

@@ -35,7 +35,7 @@ POLL_SECONDS = 0.5  # the sidebar panel (and a page's live view) redraws this of
 NAMES = {
     "calibrate": "calibration", "train": "training", "convert": "conversion",
     "export": "export", "pte": "ExecuTorch build", "latency": "latency measurement",
-    "sensitivity": "sensitivity search",
+    "sensitivity": "sensitivity search", "gap": "stage comparison",
 }  # fmt: skip
 
 

@@ -120,6 +120,8 @@ class AppState:
     diff_expanded: frozenset[str] = frozenset()  # module groups opened on the Diff page
     exported_build: tuple[str, BuildResult] | None = None  # (stages_key, what Export built)
     pte_build: tuple[str, BuildResult] | None = None  # (stages_key, the .pte built, with .pt2)
+    # (stages_key, reference stage, compared stage) -> SQNR per exported node (Graph page)
+    stage_gaps: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
     qat_run: QatRun | None = None  # the Train & convert page's run
     calibrated: Tuned | None = None  # the Train & convert page's PTQ calibration
     converted: Converted | None = None  # what that page converted last
@@ -448,6 +450,7 @@ def load_model(
     state.selected, state._effective, state._rendered = None, None, {}
     state.diff_selected, state._views = None, {}
     state.exported_build = state.pte_build = state.qat_run = state.calibrated = None
+    state.stage_gaps = {}
     state.converted = state.sensitivity = state._float_quality = state._data = None
     state.data_spec = None
     state.latency = None

@@ -575,6 +575,40 @@ def test_export_builds_a_pte_and_the_graph_colours_nodes_by_where_they_run(
     assert any("flatten (flatten)" in c.value for c in at.caption)
 
 
+def test_the_graph_colours_the_gap_between_any_two_stages(workspace: Path) -> None:
+    """Exported against converted, as torchao's numeric debugger pairs nodes, and exported
+    against calibrated (observers only: the same numbers, but for the BN-folded convs)."""
+    from workbench.drawing.overlays import SQNR_BANDS, db_colours
+
+    at = _convert_from_here(_open("export"))
+    at.switch_page("app_pages/graph.py").run()
+    at.radio(key="graph-colour").set_value("stage gap").run()
+    assert [s.value for s in at.selectbox if s.key in ("gap-reference", "gap-compared")] == [
+        "exported", "converted"
+    ]  # fmt: skip
+    _click(at, "gap")
+    assert not at.exception and not at.error
+    state = _state(at)
+    gap = state.stage_gaps[(state.stages_key(), "exported", "converted")]
+    assert graph_payload(at)["colors"] == db_colours(state.view, gap)
+    # Where the pairs are the same as the converted model's own per-node SQNR, so are the dB.
+    ours = {e.exported: e for e in state.converted.comparison.errors}
+    assert gap["linear"] == pytest.approx(ours["linear"].sqnr_db, abs=0.5)
+    assert gap["conv2d"] < 10.0 < ours["conv2d"].sqnr_db  # the folded-BN pair (see caption)
+    assert any("paired by torchao's numeric debugger" in c.value for c in at.caption)
+
+    at.selectbox(key="gap-compared").set_value("calibrated").run()
+    _click(at, "gap")
+    gap = state.stage_gaps[(state.stages_key(), "exported", "calibrated")]
+    # Observers change no number; prepare folded each BatchNorm into its conv already, so the
+    # convs alone differ from the float convs before their BN.
+    assert {name for name, db in gap.items() if db < 100} == {
+        "conv2d", "conv2d_1", "conv2d_2", "conv2d_3"
+    }  # fmt: skip
+    colours = graph_payload(at)["colors"]
+    assert colours["relu"] == colours["linear"] == SQNR_BANDS[0][2]
+
+
 def test_export_page_measures_compiled_latency(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,22 +21,25 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule
 
+from workbench.analysis.sqnr import sqnr
 from workbench.graph.provenance import NodeSource
 from workbench.locks import EXPORT_LOCK
 from workbench.model.signature import ModelInputs
 
-__all__ = ["DebuggerResult", "debugger_comparison"]
+__all__ = ["DebuggerResult", "debugger_comparison", "stage_gap"]
 
 
 @dataclass(frozen=True)
 class DebuggerResult:
     """One node as torchao's `compare_results` saw it: the node whose output was logged on
-    each side and torchao's SQNR of the actual against the reference (dB, first call)."""
+    each side, torchao's SQNR of the actual against the reference (dB, first call) and ours
+    of the same pair (`workbench.analysis.sqnr.sqnr`: the reference is the signal)."""
 
     source: NodeSource
     reference_node: str
     actual_node: str
     sqnr_db: float
+    reference_sqnr_db: float
 
 
 def debugger_comparison(
@@ -61,9 +64,28 @@ def debugger_comparison(
     )
     found = {}
     for info, summary in compared.items():
-        value = summary.results[0].sqnr if summary.results else None
+        first = summary.results[0] if summary.results else None
+        value = first.sqnr if first is not None else None
         if isinstance(value, torch.Tensor) and value.numel() == 1:
+            assert first is not None and isinstance(first.ref, torch.Tensor)
+            ours = sqnr(first.ref, first.actual)  # type: ignore[arg-type]
             source = NodeSource(info.name, info.graph_id)
             found[source] = DebuggerResult(source, summary.ref_node_name,
-                                           summary.actual_node_name, float(value))  # fmt: skip
+                                           summary.actual_node_name, float(value),
+                                           ours)  # fmt: skip
     return found
+
+
+def stage_gap(
+    reference_gm: GraphModule, actual_gm: GraphModule, inputs: ModelInputs, exported_id: int
+) -> dict[str, float]:
+    """Per exported node (by name), our SQNR of one stage's output against another's, as
+    torchao's debugger pairs them (any two stages of one capture: exported, prepared,
+    calibrated or trained, converted). `exported_id` is the exported graph's id
+    (`workbench.graph.provenance.exported_graph_id`); nodes of other graphs are left out.
+
+    Pairs are the debugger's: a conv whose batch norm convert folded away is held against the
+    float conv before its BN (the converted model's per-node SQNR, `per_node_sqnr`, is the
+    one to read for int8 against float)."""
+    found = debugger_comparison(reference_gm, actual_gm, inputs)
+    return {s.name: r.reference_sqnr_db for s, r in found.items() if s.graph_id == exported_id}

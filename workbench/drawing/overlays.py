@@ -41,6 +41,8 @@ __all__ = [
     "Overlay",
     "annotation_colours",
     "annotation_overlay",
+    "db_colours",
+    "db_overlay",
     "diff_style",
     "family_colour",
     "family_overlay",
@@ -203,16 +205,22 @@ def sqnr_colours(
     A box is coloured by the lowest SQNR of the nodes it stands for; op boxes without a
     measurement are light grey.
     """
-    by_node = sqnr_by_node(errors)
+    return db_colours(view, _dbs(errors), collapse_depth)
+
+
+def db_colours(
+    view: GraphView, dbs: Mapping[str, float], collapse_depth: int | None = None
+) -> dict[str, str]:
+    """`sqnr_colours` for SQNRs given per exported node name (dB)."""
     measured: dict[str, list[float]] = {}
     for node in view.nodes:
         if node.op == "call_function":
-            dbs = measured.setdefault(box_of(node, collapse_depth), [])
-            if node.name in by_node:
-                dbs.append(by_node[node.name].sqnr_db)
+            found = measured.setdefault(box_of(node, collapse_depth), [])
+            if node.name in dbs:
+                found.append(dbs[node.name])
     return {
-        box: sqnr_colour(max(dbs, key=badness)) if dbs else NO_SQNR_COLOUR
-        for box, dbs in measured.items()
+        box: sqnr_colour(max(found, key=badness)) if found else NO_SQNR_COLOUR
+        for box, found in measured.items()
     }
 
 
@@ -222,11 +230,21 @@ def sqnr_overlay(
     """Colour by SQNR, for every box an expansion of the graph drawn at `collapse_depth` can
     show: module groups at each depth from it down, and single nodes (a collapsed module
     shows its worst node), so expanding a group needs no new overlay."""
-    errors = list(errors)  # read once per depth
+    return db_overlay(view, _dbs(errors), collapse_depth)
+
+
+def db_overlay(
+    view: GraphView, dbs: Mapping[str, float], collapse_depth: int | None = None
+) -> Overlay:
+    """`sqnr_overlay` for SQNRs given per exported node name (dB), such as a stage gap."""
     deepest = max_depth(view)
     depths = [None] if collapse_depth is None else [*range(collapse_depth, deepest + 1), None]
-    fills = {box: c for d in depths for box, c in sqnr_colours(view, errors, d).items()}
+    fills = {box: c for d in depths for box, c in db_colours(view, dbs, d).items()}
     return Overlay(sqnr_legend(), fills)
+
+
+def _dbs(errors: Iterable[NodeError]) -> dict[str, float]:
+    return {name: error.sqnr_db for name, error in sqnr_by_node(errors).items()}
 
 
 # --- colouring by where the .pte runs each node --------------------------------------------
