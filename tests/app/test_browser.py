@@ -134,6 +134,23 @@ _TRACE_NAMES = """(title) => {
 }"""
 
 
+# True once each node id drawn in the graph component has one of its wanted fills (the SVG is
+# in the component's shadow root; the first id finds the component).
+_FILLS_ARE = """(wanted) => {
+    const ids = Object.keys(wanted);
+    const host = [...document.querySelectorAll('*')].find(e => e.shadowRoot &&
+        e.shadowRoot.querySelector('g.node[id="' + ids[0] + '"]'));
+    const fill = (id) => host && host.shadowRoot.querySelector(
+        'g.node[id="' + id + '"] path')?.getAttribute('fill');
+    return ids.every((id) => wanted[id].includes(fill(id)));
+}"""
+
+
+def _wait_for_fills(page, wanted: dict[str, list[str]]) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the graph's nodes are recoloured: each id in one of its wanted fills."""
+    page.wait_for_function(_FILLS_ARE, arg=wanted, timeout=30_000)
+
+
 def _steps_done(page) -> tuple[int, int, str]:  # type: ignore[no-untyped-def]
     """(steps run, steps planned, state suffix) from the run caption "N of M steps, ... s"."""
     text = page.get_by_text(re.compile(r"^\d+ of \d+ steps")).first.text_content() or ""
@@ -269,17 +286,8 @@ def test_whole_journey_annotate_train_convert_sqnr_export(  # type: ignore[no-un
     page.locator('g.node[id="conv2d"]').wait_for(timeout=60_000)
     page.get_by_text("SQNR", exact=True).click()
     page.get_by_text("not measured").first.wait_for(timeout=30_000)
-    page.wait_for_function(
-        """() => {
-            const host = [...document.querySelectorAll('*')].find(e => e.shadowRoot &&
-                e.shadowRoot.querySelector('g.node[id="conv2d_1"]'));
-            const fill = (id) => host && host.shadowRoot.querySelector(
-                'g.node[id="' + id + '"] path')?.getAttribute('fill');
-            const bands = ['#1a9850', '#91cf60', '#fee08b', '#fc8d59', '#d73027'];
-            return bands.includes(fill('conv2d_1')) && fill('batch_norm_1') === '#eeeeee';
-        }""",
-        timeout=30_000,
-    )
+    _wait_for_fills(page, {"conv2d_1": ["#1a9850", "#91cf60", "#fee08b", "#fc8d59", "#d73027"],
+                           "batch_norm_1": ["#eeeeee"]})  # fmt: skip
     page.locator('g.node[id="conv2d_1"]').click()
     page.get_by_text(re.compile(r"SQNR -?\d+\.\d dB")).first.wait_for(timeout=30_000)
     page.get_by_text("(BatchNorm folded in)").first.wait_for()
@@ -399,18 +407,9 @@ def test_the_graph_colours_nodes_by_where_the_pte_runs_them(server: str, page) -
     page.locator('g.node[id="conv2d"]').wait_for(timeout=60_000)
     page.get_by_text("delegation", exact=True).click()
     page.get_by_text("XNNPACK delegate (12)").first.wait_for(timeout=30_000)
-    page.wait_for_function(
-        """(want) => {
-            const host = [...document.querySelectorAll('*')].find(e => e.shadowRoot &&
-                e.shadowRoot.querySelector('g.node[id="conv2d_1"]'));
-            const fill = (id) => host && host.shadowRoot.querySelector(
-                'g.node[id="' + id + '"] path')?.getAttribute('fill');
-            return fill('conv2d_1') === want.xnnpack && fill('flatten') === want.portable
-                && fill('batch_norm_1') === want['not in program'];
-        }""",
-        arg=PLACEMENT_COLOURS,
-        timeout=30_000,
-    )
+    _wait_for_fills(page, {"conv2d_1": [PLACEMENT_COLOURS["xnnpack"]],
+                           "flatten": [PLACEMENT_COLOURS["portable"]],
+                           "batch_norm_1": [PLACEMENT_COLOURS["not in program"]]})  # fmt: skip
     page.get_by_text("portable kernels (1)").first.wait_for(timeout=30_000)
     page.locator('g.node[id="flatten"]').dispatch_event("click")  # maybe below the frame's fold
     page.get_by_text("In model.pte:").first.wait_for(timeout=30_000)
