@@ -138,7 +138,42 @@ def _parser() -> argparse.ArgumentParser:
         help="where to save the recipe used (default: beside --out as NAME.recipe.json)",
     )
     quantize.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    quantize.add_argument(
+        "--explorer-data", type=Path, default=None, metavar="DIR",
+        help="write our per-node numbers (SQNR, ranges, annotation, delegation) as node data "
+        "for Google's Model Explorer on the written .pt2, one JSON file per overlay",
+    )  # fmt: skip
     quantize.set_defaults(handler=_quantize)
+
+    search = commands.add_parser(
+        "search", help="find per-node precision overrides that keep quality within a budget"
+    )
+    _add_model_args(search)
+    _add_recipe_args(search)
+    search.add_argument("--data", default=None, help="as for quantize")
+    search.add_argument(
+        "--max-drop", type=float, required=True, metavar="PP",
+        help="the most quality may fall below float's (accuracy/agreement points, or MSE)",
+    )  # fmt: skip
+    search.add_argument("--objective", choices=("size", "latency"), default="size",
+                        help="what the give-back steps lower (latency: compiled int8)")  # fmt: skip
+    search.add_argument("--steps", type=int, default=16, help="calibration batches per convert")
+    search.add_argument("--batch-size", type=int, default=64)
+    search.add_argument("--eval-samples", type=int, default=None,
+                        help="evaluate on the first N evaluation samples")  # fmt: skip
+    search.add_argument("--max-candidates", type=int, default=32,
+                        help="nodes measured alone, lowest own SQNR first")  # fmt: skip
+    search.add_argument("--out", type=Path, required=True, help="the recipe JSON to write")
+    search.add_argument(
+        "--report", type=Path, default=None,
+        help="JSON: every recipe converted, the candidates, the reasons",
+    )  # fmt: skip
+    search.add_argument(
+        "--plot", type=Path, default=None,
+        help="HTML: quality against size or latency, the chosen recipe marked",
+    )  # fmt: skip
+    search.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    search.set_defaults(handler=_search)
     return parser
 
 
@@ -348,6 +383,73 @@ def _quantize(args: argparse.Namespace) -> int:
             f"{pte['check']['sqnr_db']} dB, agreement {pte['check']['agreement']:.1f} %",
             file=args.stderr,
         )
+    if args.explorer_data is not None:
+        from workbench.artifacts.model_explorer import write_node_data
+
+        written = write_node_data(
+            args.explorer_data, pt2, result.stages.converted.graph_module,
+            comparison=result.comparison, effective=result.stages.converted.applied,
+            placement=result.pte.lowered.placement if result.pte is not None else None,
+        )  # fmt: skip
+        print(f"wrote Model Explorer node data: {', '.join(str(p) for p in written)}",
+              file=args.stderr)  # fmt: skip
+    return EXIT_OK
+
+
+def _search(args: argparse.Namespace) -> int:
+    from workbench.analysis.mixed_precision import search_precision
+    from workbench.artifacts.export import check_writable
+    from workbench.data.datasets import load_data
+    from workbench.quantization.recipe import check_output
+
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
+                        ("--max-candidates", args.max_candidates),
+                        ("--eval-samples", args.eval_samples)):  # fmt: skip
+        if value is not None and value < 1:
+            raise WorkbenchError(f"{flag} {value} is not a positive count.", "Give 1 or more.")
+    for path in (args.out, args.report, args.plot):
+        if path is not None:
+            check_writable(path)
+    recipe = _recipe(args)
+    captured = _capture(args)
+    check_output(recipe, captured.outputs)
+    spec = _default_data(args.data, captured)
+    data = load_data(spec, captured.signature, task=recipe.task())
+    if args.eval_samples is not None:
+        data = data.limited(args.eval_samples)
+
+    def line(done: int, total: int, info: dict[str, object]) -> None:
+        print(f"search {done}/{total}: {info['label']} {info['quality']:.4g}",
+              file=args.stderr, flush=True)  # fmt: skip
+
+    result = search_precision(
+        captured, recipe, data, max_drop=args.max_drop, objective=args.objective,
+        calibration_batches=args.steps, batch_size=args.batch_size,
+        max_candidates=args.max_candidates, progress=None if args.quiet else line,
+    )  # fmt: skip
+    from workbench.artifacts.export import write_text
+
+    write_text(args.out, result.chosen.to_json())
+    if args.report is not None:
+        write_text(args.report, json.dumps(result.as_dict(), indent=2) + "\n")
+    if args.plot is not None:
+        from workbench.drawing.charts import search_figure
+
+        write_text(args.plot, search_figure(result).to_html(include_plotlyjs=True))
+    for reason in result.reasons:
+        print(reason, file=args.stderr)
+    replay = (f"python -m workbench quantize --model {args.model} --recipe {args.out} "
+              f"--data {spec} --steps {args.steps} --out model.pt2")  # fmt: skip
+    print(f"wrote {args.out}; replay: {replay}", file=args.stderr)
+    if not result.met:
+        print(
+            f"error: no recipe found keeps {result.metric} within {args.max_drop:g} of float "
+            f"({result.chosen_quality:.4g} against {result.float_quality:.4g}); the best one "
+            "found is written.\nfix: allow a larger --max-drop, measure more nodes "
+            "(--max-candidates) or start from a higher-precision default.",
+            file=args.stderr,
+        )
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 

@@ -189,6 +189,7 @@ def write_node_data(
     made = node_data(saved, converted, comparison=comparison, effective=effective,
                      placement=placement)  # fmt: skip
     paths = []
+    Path(folder).mkdir(parents=True, exist_ok=True)
     for key, data in made.items():
         path = Path(folder) / f"{key}.json"
         write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

@@ -15,6 +15,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from workbench.analysis.compare import ActivationGrid, WeightChannels
+from workbench.analysis.mixed_precision import SearchResult
 from workbench.analysis.sensitivity import SensitivityResult
 from workbench.analysis.sqnr import NodeError
 from workbench.drawing.overlays import sqnr_colour
@@ -31,6 +32,7 @@ __all__ = [
     "grid_levels",
     "loss_figure",
     "observer_range_figure",
+    "search_figure",
     "sensitivity_figure",
     "sqnr_bar_figure",
     "weight_channels_figure",
@@ -261,6 +263,54 @@ def sensitivity_figure(
     )
     figure.update_xaxes(title_text="node kept float", type="category")
     figure.update_yaxes(title_text=f"{metric} gain{unit}")
+    return figure
+
+
+# How each kind of search point is drawn: (legend name, marker symbol, colour, size).
+_SEARCH_MARKERS = {
+    "candidate": ("one node raised alone", "circle-open", "#7f7f7f", 8),
+    "path": ("recipes on the way", "circle", "#1f77b4", 8),
+    "reference": ("float / start / all int8", "diamond", "#2ca02c", 11),
+    "chosen": ("chosen (verified)", "star", "#d62728", 18),
+}
+
+
+def search_figure(result: SearchResult) -> go.Figure:
+    """Every recipe the mixed-precision search converted: quality against size (or latency),
+    the budget as a dashed line and the chosen recipe marked."""
+    latency = result.objective == "latency"
+    figure = go.Figure()
+    for kind, (name, symbol, colour, size) in _SEARCH_MARKERS.items():
+        points = [p for p in result.points if p.kind == kind]
+        if latency:
+            points = [p for p in points if p.latency_ms is not None]
+        if not points:
+            continue
+        figure.add_trace(go.Scatter(
+            x=[p.latency_ms if latency else p.size_bytes / 1024 for p in points],
+            y=[p.quality for p in points],
+            mode="markers+text" if kind in ("reference", "chosen") else "markers",
+            text=[p.label if kind in ("reference", "chosen") else "" for p in points],
+            textposition="top center",
+            customdata=[[p.label, p.raised] for p in points],
+            marker={"symbol": symbol, "color": colour, "size": size},
+            name=name,
+            hovertemplate="%{customdata[0]}<br>%{y:.4g} · %{x:.4g}<br>%{customdata[1]} node(s) "
+            "raised<extra></extra>",
+        ))  # fmt: skip
+    sign = -1.0 if result.metric == "mse" else 1.0
+    budget = result.float_quality - sign * result.max_drop
+    figure.add_hline(y=budget, line_dash="dash", line_color="#d62728",
+                     annotation_text=f"budget: float {result.float_quality:.4g} "
+                     f"- {result.max_drop:g}")  # fmt: skip
+    figure.update_layout(
+        title=f"Mixed precision: {len(result.raised)} of {len(result.quantized_nodes)} nodes "
+        f"raised, {result.metric} {result.chosen_quality:.4g}",
+        legend={"orientation": "h", "y": -0.2},
+    )
+    figure.update_xaxes(title_text="int8 latency (ms, compiled)" if latency
+                        else "packed size (KiB)")  # fmt: skip
+    figure.update_yaxes(title_text=QUALITY_TITLES.get(result.metric, result.metric))
     return figure
 
 

@@ -30,7 +30,7 @@ from workbench.artifacts.pte import (
     lower,
     save_pte,
 )
-from workbench.artifacts.report import make_report, pte_report
+from workbench.artifacts.report import compare_stages, make_report, pte_report
 from workbench.data.datasets import Dataset, load_data
 from workbench.model.capture import CapturedModel
 from workbench.model.signature import ModelInputs
@@ -77,6 +77,7 @@ class BuildResult:
     saved: SavedModel
     report: dict[str, Any] = field(repr=False)
     pte: PteBuild | None = None
+    comparison: Comparison | None = field(default=None, repr=False)  # the report's numbers
 
 
 def build(
@@ -209,8 +210,10 @@ def export_stages(
         parameters=captured.parameters,
     )
     timings["save"], timings["reload"] = saved.export_seconds, saved.reload_seconds
+    if comparison is None:
+        comparison = compare_stages(stages, dataset)
     report = make_report(captured, recipe, dataset, stages, saved, timings, comparison)
-    return BuildResult(stages, saved, report)
+    return BuildResult(stages, saved, report, comparison=comparison)
 
 
 def export_pte(
