@@ -179,8 +179,9 @@ class SearchResult:
 def packed_bytes(converted_gm: GraphModule) -> int:
     """Bytes of the tensors the converted graph reads, int4-range weights at 4 bits each.
 
-    A weight counts as int4 when every dequantize that reads it has quant_max <= 7 (the
-    quantizer keeps int4 in int8 storage with the range -7..7).
+    An int8 tensor counts as int4 when it is the input of every dequantize that reads it and
+    each has quant_max <= 7 (the quantizer keeps int4 in int8 storage, range -7..7); the
+    scales and zero points beside it count at their own width.
     """
     total = 0.0
     for node in converted_gm.graph.nodes:
@@ -191,7 +192,9 @@ def packed_bytes(converted_gm: GraphModule) -> int:
             continue
         bits = value.element_size() * 8
         users = list(node.users)
-        if users and all(is_dequantize(u) and _quant_max(u) <= 7 for u in users):
+        if value.dtype == torch.int8 and users and all(
+            is_dequantize(u) and u.args[0] is node and _quant_max(u) <= 7 for u in users
+        ):
             bits = 4
         total += value.numel() * bits / 8
     return math.ceil(total)
