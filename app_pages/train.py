@@ -1,10 +1,11 @@
-"""Train & Convert page: calibrate (PTQ) or train (QAT) with live charts, convert, and compare
-the int8 model with float (per-node SQNR, activations, weights, sensitivity).
+"""Train & Convert page: calibrate (PTQ) or train (QAT) with live charts, convert, compare
+the int8 model with float (per-node SQNR, activations, weights, sensitivity), and search for
+the fewest nodes to keep at a higher precision (mixed precision).
 
-Calibration, training, conversion and the sensitivity search run as the session's background
-jobs (`ui.jobs`): the page starts them and draws what they have done so far; a change of page
+Calibration, training, conversion and both searches run as the session's background jobs
+(`ui.jobs`): the page starts them and draws what they have done so far; a change of page
 does not stop them. Top to bottom as on screen: the data and task, the QAT or PTQ section, the
-Convert button, then the comparison; the page itself is at the end.
+Convert button, the comparison, then the mixed-precision search; the page itself is at the end.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from workbench.analysis.compare import (
     weight_nodes,
     worst_first,
 )
+from workbench.analysis.mixed_precision import OBJECTIVES, SearchResult, search_precision
 from workbench.analysis.sensitivity import iter_sensitivity, suggest_overrides
 from workbench.analysis.sqnr import NodeError, own_sqnr
 from workbench.drawing.charts import (
@@ -46,13 +48,14 @@ from workbench.drawing.charts import (
     finite_or_none,
     loss_figure,
     observer_range_figure,
+    search_figure,
     sensitivity_figure,
     sqnr_bar_figure,
     weight_channels_figure,
 )
 from workbench.jobs import Job
 from workbench.quantization.editing import set_override
-from workbench.quantization.recipe import check_output
+from workbench.quantization.recipe import Recipe, check_output
 from workbench.stages.ranges import FakeQuantInfo
 from workbench.stages.steps import exported_stage, prepare
 from workbench.stages.training import CHECKPOINT_NAME, QatConfig, QatRun
@@ -63,6 +66,14 @@ from workbench.stages.training import CHECKPOINT_NAME, QatConfig, QatRun
 # 3,000 steps): 28 steps/s with no charts on screen, 17 redrawing every 2 s, 5 every 1 s.
 CHART_SECONDS = 2.0
 ADDED_KEY = "sens-added"  # the nodes the last "Add keep-float rules" click added
+# The precision to beat: the default the mixed-precision search starts from (weight dtype,
+# activation dtype), or None for the recipe's own default.
+SEARCH_STARTS: dict[str, tuple[str, str] | None] = {
+    "the recipe's default": None,
+    "int4 weights and activations": ("int4", "int4"),
+    "int4 weights, int8 activations": ("int4", "int8"),
+    "int8 weights and activations": ("int8", "int8"),
+}
 
 
 def data_picker(state: AppState) -> None:
@@ -689,6 +700,134 @@ def start_sensitivity(state: AppState, nodes: list[str], predicted: float) -> Jo
     )  # fmt: skip
 
 
+def search_section(state: AppState) -> None:
+    """Mixed precision: the fewest node rules over a default to beat that keep quality within
+    a budget of float; the plot of every recipe converted, the reasons, and the recipe."""
+    st.caption("Starts from a default precision to beat and raises the fewest nodes (int8, "
+               "int8 weights or activations only, or float) until the converted model is within "
+               "the budget of float, then gives back what it can; every step is a PTQ "
+               "conversion, and the last one verifies the recipe. The result is an ordinary "
+               "recipe of node rules: see it on the Graph page, edit it on the Recipe page, "
+               "replay it with `python -m workbench quantize`.")  # fmt: skip
+    metric = state.data().quality
+    cols = st.columns([3, 2, 2, 3])
+    beat = cols[0].selectbox("Precision to beat", list(SEARCH_STARTS), index=1, key="mp-start")
+    unit = "MSE" if metric == "mse" else "points"
+    drop = float(cols[1].number_input(f"Max drop ({unit})", 0.0, 100.0, 0.5, 0.1,
+                                      key="mp-drop", format="%.2f"))  # fmt: skip
+    objective = cols[2].selectbox(
+        "Objective", OBJECTIVES, key="mp-objective",
+        help="What giving back lowers: packed size, or the compiled int8 latency (each step "
+        "compiled with Inductor: slow).",
+    )  # fmt: skip
+    start = search_start(state.recipe, SEARCH_STARTS[beat])
+    nodes = len([e for e in state.effective().values() if not e.setting.keep_float])
+    costs = state.estimates.costs if state.estimates is not None else None
+    defaults = state.run_defaults()  # PTQ, whatever the recipe's mode
+    predicted = 0.0
+    if costs is not None:
+        eval_samples = state.data().eval_size or 256
+        runs = 4 + 3 * min(nodes, 32)  # the references, each node alone, the raises and drops
+        predicted = costs.sensitivity(runs, defaults.calibration_batches, defaults.batch_size,
+                                      eval_samples)  # fmt: skip
+    with cols[3]:
+        start_button(state, "search", "Search mixed precision",
+                     lambda: start_search(state, start, drop, objective, predicted),
+                     estimate=state.estimate("search", predicted), key="mp-run",
+                     disabled=not nodes)  # fmt: skip
+    outcome(state.jobs.last("search"))
+    ended = rerun_when_ended(state, ("search",))
+
+    @st.fragment(run_every=live(state, ("search",)))
+    def progress() -> None:
+        ended()
+        job = state.jobs.last("search")
+        if job is not None and job.running:
+            st.caption(f"Searching: {job.text or 'starting…'}")
+
+    progress()
+    found = state.search
+    if found is not None and found[0] == state.data().identity:
+        search_result(state, found[1])
+
+
+def search_start(recipe: Recipe, dtypes: tuple[str, str] | None) -> Recipe:
+    """The recipe the search starts from: the current one, its default's dtypes replaced."""
+    if dtypes is None:
+        return recipe
+    weight, activation = dtypes
+    default = dataclasses.replace(recipe.default, weight_dtype=weight, activation_dtype=activation)
+    return dataclasses.replace(recipe, default=default)
+
+
+def search_result(state: AppState, result: SearchResult) -> None:
+    """What the search chose and why, the plot, the candidates, and the recipe to adopt."""
+    nodes = len(result.quantized_nodes)
+    text = (f"{len(result.raised)} of {nodes} quantized nodes at a higher precision: "
+            f"{quality_text(result.chosen_quality, result.metric)} against float "
+            f"{quality_text(result.float_quality, result.metric)} (start "
+            f"{quality_text(result.start_quality, result.metric)}, budget {result.max_drop:g}); "
+            f"packed {result.sizes['chosen']:,} B against {result.sizes['int8']:,} B all-int8 "
+            f"and {result.sizes['float']:,} B float.")  # fmt: skip
+    if result.met:
+        st.success(text)
+    else:
+        st.warning("No recipe met the budget. Best found: " + text)
+    if result.stopped:
+        st.info("The search was stopped; the recipe shown is the best it had, verified.")
+    st.plotly_chart(search_figure(result), key="mp-chart")
+    with st.expander("What it chose and why"):
+        st.markdown("\n".join(f"- {reason}" for reason in result.reasons))
+        st.dataframe(
+            pd.DataFrame([{
+                "node raised alone": c.node, "to": c.change, result.metric: c.quality,
+                "gain": c.gain, "prediction SQNR (dB)": finite_or_none(c.output_sqnr_db),
+                "own SQNR at start (dB)": finite_or_none(c.own_sqnr_db),
+            } for c in result.candidates]),
+            hide_index=True, width="stretch",
+        )  # fmt: skip
+        st.code(result.chosen.to_json(), language="json")
+    adopted = state.recipe == result.chosen
+    if st.button("Use this recipe", key="mp-use", disabled=adopted,
+                 help="Replaces the recipe (autosaved); convert again to build it."):  # fmt: skip
+        state.set_recipe(result.chosen)
+        st.rerun()
+    if adopted:
+        st.caption("The recipe is this search's result: the Graph page coloured by annotation "
+                   "shows its node rules as overrides.")  # fmt: skip
+
+
+def start_search(
+    state: AppState, start: Recipe, max_drop: float, objective: str, predicted: float
+) -> Job[SearchResult]:
+    """Run the search as a job; Stop ends it with the best recipe so far, still verified."""
+    assert state.captured is not None
+    captured, data, defaults = state.captured, state.data(), state.run_defaults()
+    key = data.identity
+    began = time.monotonic()
+
+    def work(job: Job[SearchResult]) -> SearchResult:
+        job.progress(0.0, "evaluating float and the start…")
+
+        def progress(done: int, total: int, info: dict[str, object]) -> None:
+            if not job.stopping:  # a Stop ends the search gracefully, with a verified result
+                job.progress(done / total, f"{done}/{total} converts · {info['label']} "
+                             f"{info['quality']:.4g}")  # fmt: skip
+
+        return search_precision(
+            captured, start, data, max_drop=max_drop, objective=objective,  # type: ignore[arg-type]
+            calibration_batches=defaults.calibration_batches, batch_size=defaults.batch_size,
+            progress=progress, should_stop=lambda: job.stopping,
+        )  # fmt: skip
+
+    def done(result: SearchResult) -> None:
+        state.search = (key, result)
+        state.learn("search", predicted, time.monotonic() - began)
+
+    return state.jobs.start("search", "Mixed precision search", work, on_done=done,
+                            estimate=state.estimate("search", predicted))  # fmt: skip
+
+
 # --- the page ---
 # st.navigation runs this file as __main__ on every rerun; tests import the checkpoint helpers
 # (`_checkpoint_folder`, `_run_meta`) from it without drawing the page.
@@ -710,5 +849,9 @@ if __name__ == "__main__":
         st.divider()
         st.subheader("int8 against float")
         comparison_section(state, converted)
+    st.divider()
+    st.subheader("Mixed precision")
+    with step("Mixed precision search"):
+        search_section(state)
     if state.converted is not converted:
         st.rerun()  # it changed while this run drew; nothing else may poll once the job is gone

@@ -36,6 +36,7 @@ NAMES = {
     "calibrate": "calibration", "train": "training", "convert": "conversion",
     "export": "export", "pte": "ExecuTorch build", "latency": "latency measurement",
     "sensitivity": "sensitivity search", "gap": "stage comparison",
+    "search": "mixed precision search",
 }  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from ui.startup import startup_spec as boot_startup_spec
 from ui.startup import take_pending_click
 from workbench.analysis.compare import Comparison
 from workbench.analysis.latency import Latency
+from workbench.analysis.mixed_precision import SearchResult
 from workbench.analysis.sensitivity import SensitivityProgress
 from workbench.artifacts.workspace import Workspace
 from workbench.data.datasets import Dataset, default_data_spec, load_data
@@ -126,6 +127,7 @@ class AppState:
     calibrated: Tuned | None = None  # the Train & convert page's PTQ calibration
     converted: Converted | None = None  # what that page converted last
     sensitivity: tuple[str, SensitivityProgress] | None = None  # (recipe JSON, search state)
+    search: tuple[str, SearchResult] | None = None  # (data identity, mixed-precision result)
     latency: tuple[str, Latency] | None = None  # (stages_key, the Export page's measurement)
     jobs: Jobs = field(default_factory=Jobs)  # the session's background work
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # names its builds
@@ -452,6 +454,7 @@ def load_model(
     state.exported_build = state.pte_build = state.qat_run = state.calibrated = None
     state.stage_gaps = {}
     state.converted = state.sensitivity = state._float_quality = state._data = None
+    state.search = None
     state.data_spec = None
     state.latency = None
     state.expanded = state.diff_expanded = frozenset()

@@ -482,6 +482,37 @@ def test_sensitivity_finds_a_broken_node_and_one_click_keeps_it_float(workspace:
                for w in at.warning)  # fmt: skip
 
 
+def test_mixed_precision_search_from_int4_to_a_recipe_the_graph_shows(workspace: Path) -> None:
+    from workbench.quantization.recipe import QuantSetting
+
+    at = _open("train")
+    state = _state(at)
+    assert at.selectbox(key="mp-start").value == "int4 weights and activations"
+    _click(at, "mp-run")
+    assert not at.exception and not at.error
+    key, result = state.search
+    assert key == state.data().identity
+    assert result.start.default == QuantSetting(weight_dtype="int4", activation_dtype="int4")
+    assert result.met and result.float_quality - result.chosen_quality <= 0.5
+    assert 0 < len(result.raised) < 13 / 3
+    (box,) = at.success
+    assert box.value.startswith(f"{len(result.raised)} of 13 quantized nodes at a higher")
+    assert any(t.startswith(f"Mixed precision: {len(result.raised)} of 13") for t in
+               _chart_titles(at))  # fmt: skip
+    assert state.recipe == Recipe()  # nothing changes until the user adopts it
+    at.button(key="mp-use").click().run()
+    assert not at.exception
+    assert state.recipe == result.chosen
+    assert state.workspace.load_recipe(state.spec) == result.chosen
+    assert at.button(key="mp-use").disabled
+    # On the Graph page coloured by annotation, exactly the raised nodes are overrides.
+    at.switch_page("app_pages/graph.py").run()
+    at.radio(key="graph-colour").set_value("annotation").run()
+    colours = graph_payload(at)["colors"]
+    overrides = {n for n, c in colours.items() if c == ANNOTATION_COLOURS["override"]}
+    assert overrides == set(result.raised)
+
+
 def test_a_checkpointed_run_resumes_in_a_new_session_to_the_uninterrupted_result(
     workspace: Path,
 ) -> None:

@@ -192,8 +192,10 @@ def packed_bytes(converted_gm: GraphModule) -> int:
             continue
         bits = value.element_size() * 8
         users = list(node.users)
-        if value.dtype == torch.int8 and users and all(
-            is_dequantize(u) and u.args[0] is node and _quant_max(u) <= 7 for u in users
+        if (
+            value.dtype == torch.int8
+            and users
+            and all(is_dequantize(u) and u.args[0] is node and _quant_max(u) <= 7 for u in users)
         ):
             bits = 4
         total += value.numel() * bits / 8
