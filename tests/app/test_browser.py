@@ -417,6 +417,37 @@ def test_the_graph_colours_nodes_by_where_the_pte_runs_them(server: str, page) -
     page.screenshot(path=str(ARTIFACTS / "graph_delegation.png"), full_page=True)
 
 
+def test_the_mixed_precision_search_to_its_recipe_on_the_graph(server: str, page) -> None:  # type: ignore[no-untyped-def]
+    """Train & convert's search from int4 weights and activations (the default to beat) to a
+    recipe within 0.5 points of float; adopted, the Graph page shows its node rules."""
+    from workbench.drawing.overlays import ANNOTATION_COLOURS
+
+    page.set_viewport_size({"width": 1500, "height": 1800})
+    page.goto(server)
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
+    page.get_by_role("link", name="Train & convert").click()
+    search = page.get_by_role("button", name=re.compile(r"^Search mixed precision"))
+    search.wait_for(timeout=60_000)
+    search.click()
+    done = page.get_by_text(re.compile(r"^2 of 13 quantized nodes at a higher precision"))
+    done.first.wait_for(timeout=300_000)
+    page.get_by_text("What it chose and why").first.click()
+    page.get_by_text(re.compile(r"^Chose 2 of 13 quantized nodes")).first.wait_for(timeout=30_000)
+    page.locator(".js-plotly-plot").last.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "train_mixed_precision.png"), full_page=True)
+    page.get_by_role("button", name="Use this recipe").click()
+    page.get_by_text(re.compile("The recipe is this search's result")).first.wait_for(
+        timeout=60_000
+    )
+    page.get_by_role("link", name="Graph").click()
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=60_000)
+    page.get_by_text("annotation", exact=True).click()
+    override, default = ANNOTATION_COLOURS["override"], ANNOTATION_COLOURS["default"]
+    _wait_for_fills(page, {"conv2d": [override], "conv2d_1": [override],
+                           "conv2d_2": [default], "linear": [default]})  # fmt: skip
+    page.screenshot(path=str(ARTIFACTS / "graph_mixed_precision.png"), full_page=True)
+
+
 def _load_python_spec(page, spec: str) -> None:  # type: ignore[no-untyped-def]
     page.get_by_role("link", name="Model").click()
     page.get_by_text("Python file").click()
