@@ -3,8 +3,12 @@ ExecuTorch .pte (XNNPACK) run and compared in the runtime, and compiled latency 
 
 from __future__ import annotations
 
+import io
 import json
+import tempfile
 import time
+import zipfile
+from pathlib import Path
 
 import streamlit as st
 
@@ -18,6 +22,7 @@ from ui.conversion import (
 from ui.jobs import live, outcome, rerun_when_ended, start_button
 from ui.state import AppState, loaded_state
 from workbench.analysis.latency import Latency, eval_batch, measure_latency
+from workbench.artifacts.model_explorer import write_node_data
 from workbench.artifacts.report import reproduce_command
 from workbench.jobs import Job
 from workbench.stages.build import BuildResult, export_stages
@@ -37,15 +42,36 @@ def start_export(state: AppState, predicted: float) -> Job[BuildResult]:
 
     def work(job: Job[BuildResult]) -> BuildResult:
         job.progress(0.1, "exporting, saving and reloading…")
-        return export_stages(captured, recipe, data, current.stages, out,
-                             comparison=current.comparison)  # fmt: skip
+        built = export_stages(captured, recipe, data, current.stages, out,
+                              comparison=current.comparison)  # fmt: skip
+        job.progress(0.9, "writing Model Explorer node data…")
+        explorer[0] = explorer_zip(built)
+        return built
+
+    explorer: list[bytes] = [b""]
 
     def done(built: BuildResult) -> None:
         state.exported_build = (key, built)
+        state.explorer_zip = (key, explorer[0])
         state.learn("export", predicted, time.monotonic() - began)
 
     return state.jobs.start("export", "Build model.pt2", work, on_done=done,
                             estimate=state.estimate("export", predicted))  # fmt: skip
+
+
+def explorer_zip(built: BuildResult) -> bytes:
+    """The build's per-node numbers as Model Explorer node data (sqnr, range, annotation
+    .json) in a zip, keyed by the saved model.pt2's node ids."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_node_data(Path(folder), built.saved.path,
+                                built.stages.converted.graph_module,
+                                comparison=built.comparison,
+                                effective=built.stages.converted.applied)  # fmt: skip
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in paths:
+                archive.write(path, path.name)
+    return buffer.getvalue()
 
 
 def pte_section(state: AppState) -> None:
@@ -197,10 +223,17 @@ if current is not None and build is not None and key == state.stages_key():
                    f"max |diff| {check['max_abs_diff']:.3g} on {check['batches']} batches",
                    delta_color="off", delta_arrow="off")  # fmt: skip
     cols[3].metric("Batch", "dynamic" if check["dynamic_batch"] else "fixed")
-    downloads = st.columns(3)
+    downloads = st.columns(4)
     downloads[0].download_button("model.pt2", saved.path.read_bytes(), "model.pt2")
     downloads[1].download_button("recipe.json", state.recipe.to_json(), "recipe.json")
     downloads[2].download_button("report.json", json.dumps(report, indent=2), "report.json")
+    zipped_key, zipped = state.explorer_zip or ("", b"")
+    if zipped and zipped_key == key:
+        downloads[3].download_button("Model Explorer node data", zipped,
+                                     "model_explorer_node_data.zip", key="download-explorer",
+                                     help="SQNR, grid ranges and annotation per node of "
+                                     "model.pt2, for Google's Model Explorer (see README, "
+                                     "Model Explorer).")  # fmt: skip
     st.caption(f"Built by this browser session only, in {saved.path.parent}.")
     st.markdown("**Load model.pt2 in a plain script** (torchao must be imported first)")
     st.code(report["load"], language="python")

@@ -121,6 +121,7 @@ class AppState:
     diff_expanded: frozenset[str] = frozenset()  # module groups opened on the Diff page
     exported_build: tuple[str, BuildResult] | None = None  # (stages_key, what Export built)
     pte_build: tuple[str, BuildResult] | None = None  # (stages_key, the .pte built, with .pt2)
+    explorer_zip: tuple[str, bytes] | None = None  # (stages_key, Model Explorer node data)
     # (stages_key, reference stage, compared stage) -> SQNR per exported node (Graph page)
     stage_gaps: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
     qat_run: QatRun | None = None  # the Train & convert page's run
@@ -452,6 +453,7 @@ def load_model(
     state.selected, state._effective, state._rendered = None, None, {}
     state.diff_selected, state._views = None, {}
     state.exported_build = state.pte_build = state.qat_run = state.calibrated = None
+    state.explorer_zip = None
     state.stage_gaps = {}
     state.converted = state.sensitivity = state._float_quality = state._data = None
     state.search = None

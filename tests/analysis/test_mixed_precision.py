@@ -124,6 +124,18 @@ def test_a_start_within_budget_raises_nothing(
     assert "no node needs a higher precision" in result.reasons[0]
 
 
+def test_the_latency_objective_times_every_recipe_it_converts(
+    captured: dict[str, CapturedModel], digits_data: Dataset
+) -> None:
+    result = search_precision(captured["digits_cnn"], Recipe(), digits_data, max_drop=0.5,
+                              objective="latency", calibration_batches=4,
+                              latency_backend="eager")  # fmt: skip
+    assert [p.label for p in result.points] == ["float", "start", "chosen"]
+    assert all(p.latency_ms is not None and p.latency_ms > 0 for p in result.points)
+    assert search_figure(result).layout.xaxis.title.text == "int8 latency (ms, compiled)"
+
+
+@pytest.mark.slow
 def test_a_budget_one_node_cannot_meet_keeps_the_best_and_says_so(
     captured: dict[str, CapturedModel],
 ) -> None:

@@ -250,6 +250,8 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
 
     import torch
 
+    from workbench.locks import EXPORT_LOCK
+
     at = _convert_from_here(_open("export"))
     command = at.code[-1].value
     assert command.startswith("python -m workbench quantize --model sample:digits_cnn ")
@@ -269,6 +271,18 @@ def test_export_page_builds_a_reload_checked_pt2_that_the_command_reproduces(
     reloaded = _load_pt2(path)
     in_app = state.stages()["converted"].graph_module
     assert torch.equal(reloaded(x), in_app(x))
+    # Model Explorer node data on the same file, keyed by the saved program's node ids
+    import io
+    import zipfile
+
+    key, zipped = state.explorer_zip
+    assert key == state.stages_key()
+    archive = zipfile.ZipFile(io.BytesIO(zipped))
+    assert sorted(archive.namelist()) == ["annotation.json", "range.json", "sqnr.json"]
+    with EXPORT_LOCK:
+        names = {n.name for n in torch.export.load(str(path)).graph.nodes}
+    sqnr = json.loads(archive.read("sqnr.json"))["graph"]["results"]
+    assert len(sqnr) >= 9 and set(sqnr) <= names
 
     (tmp_path / "recipe.json").write_text(state.recipe.to_json())
     args = shlex.split(command)[1:]
