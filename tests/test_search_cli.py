@@ -49,7 +49,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Compl
         results = dict(pool.map(run, commands.items()))
     replay = [*CLI, "quantize", "--model", "sample:digits_cnn", "--recipe", "chosen.json",
               "--data", "digits", "--steps", "16", "--out", "m.pt2", "--report", "q.json",
-              "--quiet"]  # fmt: skip
+              "--quiet", "--explorer-data", "explorer"]  # fmt: skip
     results["replay"] = subprocess.run(replay, cwd=folder, env=env, capture_output=True,
                                        text=True, timeout=400, check=False)  # fmt: skip
     results["folder"] = folder  # type: ignore[assignment]
@@ -72,6 +72,12 @@ def test_search_writes_an_ordinary_recipe_that_quantize_replays(runs: dict[str, 
     assert replay.returncode == 0, replay.stderr
     quantized = json.loads((folder / "q.json").read_text())["quality"]["quantized"]
     assert quantized == pytest.approx(report["chosen"])
+    # the replay wrote Model Explorer node data on its .pt2, the chosen rules' nodes among them
+    annotation = json.loads((folder / "explorer" / "annotation.json").read_text())
+    sqnr = json.loads((folder / "explorer" / "sqnr.json").read_text())
+    assert set(annotation["graph"]["results"]) >= set(report["raised"])
+    assert len(sqnr["graph"]["results"]) >= 9
+    assert "wrote Model Explorer node data" in replay.stderr
     html = (folder / "plot.html").read_text()
     assert "plotly" in html and "chosen (verified)" in html
 
