@@ -247,7 +247,10 @@ def qat_section(state: AppState, converted: Converted | None) -> Callable[[], Tu
     drawn()
     if training or run.step_count == 0:
         return None
-    if run.source.recipe is not None and run.source.recipe.to_json() != state.recipe.to_json():
+    if (
+        run.source.recipe is not None
+        and run.source.recipe.tuning_key() != state.recipe.tuning_key()
+    ):
         st.warning("The recipe changed since this run started: Start again to train with it.")
         return None
     if run.data.spec != state.data().spec:
@@ -420,7 +423,7 @@ def ptq_section(state: AppState) -> Callable[[], Tuned] | None:
                        "observers record activation ranges.")  # fmt: skip
         return None
     stage = state.calibrated.tuned
-    if stage.recipe is not None and stage.recipe.to_json() != state.recipe.to_json():
+    if stage.recipe is not None and stage.recipe.tuning_key() != state.recipe.tuning_key():
         st.warning("The recipe changed since this calibration: calibrate again.")
         return None
     if state.calibrated.schedule.data_spec != state.data().spec:
@@ -467,6 +470,17 @@ def start_calibration(state: AppState, batches: int, batch_size: int) -> Job[Tun
 
 def convert_section(state: AppState, tuned: Callable[[], Tuned]) -> None:
     """The Convert job: convert the tuned stage and measure it against float."""
+    reference = st.checkbox(
+        "Reference representation", value=state.recipe.reference_representation,
+        help="convert_pt2e(use_reference_representation=True): the int8 arithmetic written out "
+        "in aten integer ops instead of quantize/dequantize pairs around float ops (torchao "
+        "rewrites the patterns with int8 activations, as xnnpack quantizes them; x86_inductor's "
+        "uint8 activations keep their q/dq). Saved in the recipe; needs no new calibration. "
+        "The Diff page then compares the q/dq form with it.",
+    )  # fmt: skip
+    if reference != state.recipe.reference_representation:
+        state.set_recipe(dataclasses.replace(state.recipe, reference_representation=reference))
+        st.rerun()
     current = state.current()
     label = "Convert again" if current is not None else "Convert"
     busy = bool(state.jobs.running("calibrate") or state.jobs.running("train"))

@@ -26,7 +26,7 @@ from workbench.model.capture import CapturedModel
 from workbench.quantization.recipe import Recipe
 from workbench.stages.build import BuildResult, export_pte
 from workbench.stages.stage import Stages
-from workbench.stages.steps import calibrate, convert, exported_stage, prepare
+from workbench.stages.steps import calibrate, convert_forms, exported_stage, prepare
 from workbench.stages.training import QatRun
 
 __all__ = [
@@ -128,11 +128,11 @@ def conversion_estimate(state: AppState, *, tune: bool = False) -> float | None:
 
 def tuned_now(state: AppState) -> Callable[[], Tuned] | None:
     """What Convert on Train & convert would convert now (None: nothing tuned that fits)."""
-    recipe, spec = state.recipe.to_json(), state.data().spec
+    recipe, spec = state.recipe.tuning_key(), state.data().spec
     run = state.qat_run
     if state.recipe.mode == "qat":
         fits = (run is not None and run.step_count > 0 and not state.jobs.running("train")
-                and run.source.recipe is not None and run.source.recipe.to_json() == recipe
+                and run.source.recipe is not None and run.source.recipe.tuning_key() == recipe
                 and run.data.spec == spec)  # fmt: skip
         if not fits:
             return None
@@ -141,7 +141,7 @@ def tuned_now(state: AppState) -> Callable[[], Tuned] | None:
         return lambda: Tuned(run.source, run.stage(), trained_schedule(run, eval_samples))
     calibrated = state.calibrated
     if (calibrated is None or calibrated.tuned.recipe is None
-            or calibrated.tuned.recipe.to_json() != recipe
+            or calibrated.tuned.recipe.tuning_key() != recipe
             or calibrated.schedule.data_spec != spec):  # fmt: skip
         return None
     schedule = dataclasses.replace(calibrated.schedule, eval_samples=state.eval_samples)
@@ -177,7 +177,12 @@ def start_conversion(state: AppState, tuned: Callable[[], Tuned] | None = None) 
             made = calibrated_with(job, captured, recipe, data, schedule.steps, schedule.batch_size,
                                schedule.eval_samples)  # fmt: skip
         job.progress(0.5 if source is None else 0.1, "convert_pt2e…")
-        stages = Stages(teacher_stage, made.prepared, made.tuned, convert(made.tuned))
+        stages = Stages(
+            teacher_stage,
+            made.prepared,
+            made.tuned,
+            *convert_forms(made.tuned, reference=recipe.reference_representation),
+        )
         job.progress(0.7, "measuring int8 against float…")
         comparison = compare_stages(stages, data)
         if source is None and made.tuned.name == "calibrated":

@@ -168,8 +168,16 @@ class Recipe:
     output: str | None = None
     loss: str | None = None
     metric: str | None = None
+    # convert_pt2e(use_reference_representation=True): integer arithmetic written out in aten
+    # ops instead of q/dq pairs around float ops (torchao rewrites int8-activation patterns).
+    reference_representation: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.reference_representation, bool):
+            raise RecipeError(
+                f"reference_representation is {self.reference_representation!r}.",
+                "Use true or false (JSON booleans).",
+            )
         for name, allowed in (("backend", BACKENDS), ("mode", MODES)):
             value = getattr(self, name)
             if value is None:
@@ -200,17 +208,23 @@ class Recipe:
             "default": self.default.fields_set(),
             "overrides": [o.as_dict() for o in self.overrides],
             **{name: getattr(self, name) for name in TASK_FIELDS if getattr(self, name)},
+            **({"reference_representation": True} if self.reference_representation else {}),
         }
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2) + "\n"
+
+    def tuning_key(self) -> str:
+        """What calibration and training depend on: the recipe but for the form convert
+        writes (`reference_representation`), so switching the form needs no new tuning."""
+        return dataclasses.replace(self, reference_representation=False).to_json()
 
     @classmethod
     def from_dict(cls, data: Any) -> Recipe:
         if not isinstance(data, Mapping):
             raise RecipeError("The recipe is not a JSON object.", "Start it with {.")
         _check_known("The recipe", data, ["version", "backend", "mode", "default", "overrides",
-                                          *TASK_FIELDS])  # fmt: skip
+                                          "reference_representation", *TASK_FIELDS])  # fmt: skip
         version = data.get("version", SCHEMA_VERSION)
         if type(version) is not int or version != SCHEMA_VERSION:
             raise RecipeError(
@@ -227,6 +241,7 @@ class Recipe:
             default=QuantSetting.from_dict(data.get("default", {}), "default"),
             overrides=tuple(_override_from_dict(o, i) for i, o in enumerate(overrides)),
             **{name: data[name] for name in TASK_FIELDS if data.get(name) is not None},
+            reference_representation=data.get("reference_representation", False),
         )
 
     @classmethod

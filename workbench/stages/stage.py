@@ -1,5 +1,6 @@
 """What a stage is: one immutable snapshot of the model (`Stage`), and the four snapshots of one
-conversion, exported -> prepared -> calibrated | trained -> converted (`Stages`).
+conversion, exported -> prepared -> calibrated | trained -> converted (`Stages`), with the q/dq
+form beside a converted stage in the reference representation.
 
 The CLI's build, the app and the benchmarks all assemble their stages as a `Stages`, and ask it
 which float graph the int8 one is judged against (`Stages.float_reference`).
@@ -18,10 +19,12 @@ from workbench.graph.view import GraphView, describe
 from workbench.quantization.recipe import Effective, Recipe
 from workbench.stages.ranges import RangeRecorder
 
-__all__ = ["STAGE_NAMES", "TUNED_NAMES", "Stage", "Stages", "trained_float"]
+__all__ = ["QDQ_STAGE", "STAGE_NAMES", "TUNED_NAMES", "Stage", "Stages", "trained_float"]
 
 TUNED_NAMES = ("calibrated", "trained")  # the tuned stage after PTQ, after QAT
-STAGE_NAMES = ("exported", "prepared", *TUNED_NAMES, "converted")
+# The q/dq form beside a converted stage in the reference representation, for comparison.
+QDQ_STAGE = "converted (q/dq)"
+STAGE_NAMES = ("exported", "prepared", *TUNED_NAMES, QDQ_STAGE, "converted")
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,15 @@ class Stages(Mapping[str, Stage]):
     prepared: Stage
     tuned: Stage  # "calibrated" (PTQ) or "trained" (QAT)
     converted: Stage
+    # With the reference representation: the same tuned stage converted to q/dq pairs.
+    qdq: Stage | None = None
 
     def __post_init__(self) -> None:
         wanted = {"exported": ("exported",), "prepared": ("prepared",), "tuned": TUNED_NAMES,
-                  "converted": ("converted",)}  # fmt: skip
+                  "converted": ("converted",), "qdq": (QDQ_STAGE,)}  # fmt: skip
         for slot, names in wanted.items():
             stage = getattr(self, slot)
-            if stage.name not in names:
+            if stage is not None and stage.name not in names:
                 raise ValueError(
                     f"Stages.{slot} is a stage named {stage.name!r}; it must be named "
                     f"{' or '.join(map(repr, names))}."
@@ -80,9 +85,11 @@ class Stages(Mapping[str, Stage]):
         return self.exported.graph_module
 
     def as_dict(self) -> dict[str, Stage]:
-        """Stage name -> stage, in flow order."""
+        """Stage name -> stage, in flow order (the q/dq form, when there is one, just before
+        the converted stage in the reference representation)."""
         return {stage.name: stage for stage in (self.exported, self.prepared, self.tuned,
-                                                self.converted)}  # fmt: skip
+                                                self.qdq, self.converted)
+                if stage is not None}  # fmt: skip
 
     def __getitem__(self, name: str) -> Stage:
         return self.as_dict()[name]
@@ -91,7 +98,7 @@ class Stages(Mapping[str, Stage]):
         return iter(self.as_dict())
 
     def __len__(self) -> int:
-        return 4
+        return len(self.as_dict())
 
 
 def trained_float(exported: Stage, trained: Stage) -> GraphModule:

@@ -9,6 +9,7 @@ these steps in `workbench.stages.training`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -32,14 +33,16 @@ from workbench.model.signature import ModelInputs
 from workbench.quantization.quantizer import RecipeQuantizer
 from workbench.quantization.recipe import Recipe, validate
 from workbench.stages.ranges import RangeRecorder
-from workbench.stages.stage import Stage
+from workbench.stages.stage import QDQ_STAGE, Stage
 
 __all__ = [
+    "QDQ_STAGE",
     "StepProgress",
     "StopRequested",
     "calibrate",
     "call",
     "convert",
+    "convert_forms",
     "evaluate",
     "exported_stage",
     "prepare",
@@ -117,8 +120,14 @@ def calibrate(
     )  # fmt: skip
 
 
-def convert(stage: Stage, *, reference: bool = False) -> Stage:
-    """Fold BN, replace observers with quantize/dequantize and weights with int tensors."""
+def convert(stage: Stage, *, reference: bool | None = None) -> Stage:
+    """Fold BN, replace observers with quantize/dequantize and weights with int tensors.
+
+    `reference` (default: the stage's recipe's `reference_representation`) rewrites the
+    quantized patterns to torchao's reference representation: integer arithmetic in aten ops.
+    """
+    if reference is None:
+        reference = stage.recipe is not None and stage.recipe.reference_representation
     model = stage.copy_module()
     start = time.perf_counter()
     with EXPORT_LOCK:
@@ -129,6 +138,19 @@ def convert(stage: Stage, *, reference: bool = False) -> Stage:
     return Stage(
         "converted", converted, how, time.perf_counter() - start, stage.recipe, stage.applied
     )
+
+
+def convert_forms(stage: Stage, *, reference: bool | None = None) -> tuple[Stage, Stage | None]:
+    """The converted stage in the reference representation or not (`reference`, default: the
+    stage's recipe's choice) and, for the reference representation, the q/dq form beside it
+    (named QDQ_STAGE), so the two can be compared; else (converted, None)."""
+    if reference is None:
+        reference = stage.recipe is not None and stage.recipe.reference_representation
+    converted = convert(stage, reference=reference)
+    if not reference:
+        return converted, None
+    qdq = convert(stage, reference=False)
+    return converted, dataclasses.replace(qdq, name=QDQ_STAGE)
 
 
 def call(model: torch.nn.Module, inputs: ModelInputs) -> Any:
