@@ -126,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
         help="QAT step after which observer ranges freeze (default: 80%% of the steps)",
     )  # fmt: skip
     quantize.add_argument(
+        "--qat-keep", choices=("best", "last"), default="best",
+        help="QAT: convert the best evaluated state (the calibrated start included; default) "
+        "or the last",
+    )  # fmt: skip
+    quantize.add_argument(
         "--out", type=Path, required=True,
         help="the .pt2 to write, or a .pte: lowered to ExecuTorch with XNNPACK, checked in "
         "its runtime, with the .pt2 written beside it",
@@ -357,7 +362,7 @@ def _quantize(args: argparse.Namespace) -> int:
         report_path=args.report, recipe_path=recipe_out, steps=args.steps,
         batch_size=args.batch_size, eval_samples=args.eval_samples, lr=args.lr,
         optimizer=args.optimizer, freeze_bn_step=args.freeze_bn_step,
-        freeze_observer_step=args.freeze_observer_step,
+        freeze_observer_step=args.freeze_observer_step, qat_keep=args.qat_keep,
         progress=None if args.quiet else functools.partial(_progress_line, args.stderr),
     )  # fmt: skip
     quality = result.report["quality"]
@@ -371,6 +376,10 @@ def _quantize(args: argparse.Namespace) -> int:
         + "".join(f"; dynamic {d}" for d in result.saved.dynamic_dims),
         file=args.stderr,
     )
+    if "qat" in result.report:
+        from workbench.stages.training import qat_lines
+
+        print("\n".join(qat_lines(result.report["qat"])), file=args.stderr)
     if "pte" in result.report:
         pte = result.report["pte"]
         counts = pte["placement_counts"]

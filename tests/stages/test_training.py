@@ -1,15 +1,22 @@
-"""The resumable QAT runner: bit-exact resume, stopping, evaluation on copies, NaN handling."""
+"""The resumable QAT runner: bit-exact resume, stopping, evaluation on copies, NaN handling.
+
+(Best-state keeping, loss spikes and QAT quality on a MobileNetV2: test_qat_quality.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from torchao.quantization.pt2e import disable_observer, move_exported_model_to_train
+from torchao.quantization.pt2e import (
+    disable_observer,
+    move_exported_model_to_eval,
+    move_exported_model_to_train,
+)
 
 from workbench.data.datasets import Batch, Dataset, TensorDataset
 from workbench.errors import WorkbenchError
@@ -26,7 +33,8 @@ from workbench.stages.training import (
     train_qat,
 )
 
-CONFIG = QatConfig(steps=6, freeze_bn_step=2, freeze_observer_step=4, eval_every=2)
+CONFIG = QatConfig(steps=6, freeze_bn_step=2, freeze_observer_step=4, eval_every=2,
+                   calibration_batches=2)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +46,11 @@ def plain_qat_loop(stage: Stage, data: Dataset, config: QatConfig) -> tuple[Any,
     """An independent reference: the QAT loop written out, without the runner."""
     torch.manual_seed(config.seed)
     model = stage.copy_module()
+    move_exported_model_to_eval(model)  # observers calibrated first, as PTQ would
+    with torch.no_grad():
+        for batch in itertools.islice(data.train_batches(config.batch_size, seed=config.seed),
+                                      config.calibration_batches):  # fmt: skip
+            batch.inputs.call(model)
     move_exported_model_to_train(model)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], config.lr)
     batches = data.train_batches(config.batch_size, seed=config.seed)
@@ -92,7 +105,7 @@ def test_resume_gives_the_uninterrupted_result(
     assert torch.equal(resumed.losses, whole.losses)
     assert all(torch.isfinite(resumed.losses))
     assert resumed.history == whole.history
-    assert [h["step"] for h in whole.history] == [2, 4, 6]
+    assert [h["step"] for h in whole.history] == [0, 2, 4, 6]  # 0: the calibrated start
     assert whole.recorder is not None and resumed.recorder is not None
     assert whole.recorder.count == resumed.recorder.count == 6
     assert torch.equal(whole.recorder.steps, resumed.recorder.steps)
@@ -103,7 +116,10 @@ def test_resume_gives_the_uninterrupted_result(
 
     # The trained stage converts and keeps its accuracy.
     assert trained.name == "trained" and trained.ranges is not None
-    assert trained.ranges.count == 6 and trained.notes == ()
+    assert trained.ranges.count == 6
+    kept = whole.best
+    assert kept is not None and trained.history[-1] == {"stage": "kept", "step": kept["step"],
+                                                        "keep": "best"}  # fmt: skip
     losses = [r["loss"] for r in trained.history if r["stage"] == "train"]
     assert losses == whole.losses.tolist()
     int8 = evaluate(convert(trained).graph_module, digits_data)
@@ -119,7 +135,7 @@ def test_stop_request_is_honoured_within_a_step(qat_stage: Stage, digits_data: D
     assert [(s, t) for s, t, _ in seen] == [(1, 6), (2, 6)]
     assert seen[1][2]["eval"]["step"] == 2  # eval_every=2
     assert torch.isfinite(run.losses[:2]).all() and torch.isnan(run.losses[2:]).all()
-    stage = run.stage()
+    stage = run.stage("last")
     assert stage.notes == ("training stopped after 2 of 6",)
     assert stage.ranges is not None and stage.ranges.count == 2
 
@@ -135,7 +151,7 @@ def test_evaluation_leaves_the_model_alone(qat_stage: Stage, digits_data: Datase
     assert all(int(v) == 1 for k, v in before.items() if k.endswith("observer_enabled"))
     assert record["step"] == 1 and record["quality"] == "accuracy"
     assert 0.0 <= record["fake_quant"] <= 100.0 and record["float"] > 90.0
-    assert run.history == [record]
+    assert run.history == [run.start, record] and run.start["step"] == 0
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint(
@@ -156,7 +172,11 @@ def test_nan_loss_keeps_the_last_good_checkpoint(
 class HugeAtStep(TensorDataset):
     """Digits whose training batch `bad_step` (1-based) is all `value`.
 
-    1e38 or -3e38 give a finite loss (~1e31) that ruins the model without a NaN; inf gives NaN.
+    Every pass over the batches has it there, QAT's calibration before step 0 too: keep
+    `bad_step` above the config's calibration_batches.
+
+    1e38 or -3e38 give a finite loss (~1e31 with BN frozen and observers on) that would ruin
+    the model without a NaN (QatRun stops on it as a spike); inf gives NaN.
     """
 
     bad_step: int = 0

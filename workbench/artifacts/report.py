@@ -2,7 +2,9 @@
 
 `make_report` is what `python -m workbench quantize --report` writes and the app's Export page
 offers: quality before and after, per-node SQNR against the float reference, converted op
-counts, stage and phase timings, file sizes and the reload check.
+counts, stage and phase timings, file sizes and the reload check; after QAT, its "qat"
+section: the fake-quant quality of the start (the calibrated model, step 0), the best and the
+last evaluation, which of them was converted, and whether training ended worse than its start.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from workbench.model.signature import ModelInputs, prediction_label
 from workbench.quantization.recipe import Recipe
 from workbench.stages.stage import Stages
 from workbench.stages.steps import call, evaluate
-from workbench.stages.training import QatConfig
+from workbench.stages.training import QatConfig, qat_summary
 
 __all__ = [
     "PteLowering",
@@ -122,6 +124,7 @@ def make_report(
         "float": comparison.float_quality,
         "quantized": comparison.int8_quality,
     }
+    qat = qat_summary(stages.tuned.history) if stages.trained else None
     if stages.trained:
         quality["fake_quant"] = evaluate(stages.tuned.graph_module, dataset, teacher=float_gm)
     errors = comparison.errors
@@ -134,6 +137,7 @@ def make_report(
         "signature": signature_report(captured, recipe, float_gm),
         "dynamic_dims": [d.as_dict() for d in saved.dynamic_dims],
         "quality": quality,
+        **({"qat": qat} if qat is not None else {}),
         "per_node_sqnr_reference": comparison.reference,
         "per_node_sqnr_db": [
             {

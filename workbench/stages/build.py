@@ -36,7 +36,7 @@ from workbench.model.capture import CapturedModel
 from workbench.model.signature import ModelInputs
 from workbench.quantization.recipe import Recipe, check_output
 from workbench.stages.stage import Stages
-from workbench.stages.steps import StepProgress, calibrate, convert, exported_stage, prepare
+from workbench.stages.steps import StepProgress, calibrate, convert_forms, exported_stage, prepare
 from workbench.stages.training import QatConfig, train_qat
 
 __all__ = [
@@ -95,6 +95,7 @@ def build(
     optimizer: str = "adam",
     freeze_bn_step: int | None = None,
     freeze_observer_step: int | None = None,
+    qat_keep: str = "best",
     progress: BuildProgress | None = None,
 ) -> BuildResult:
     """Quantize `captured` as `recipe` says and write a reload-checked .pt2 (and a report).
@@ -104,8 +105,9 @@ def build(
     it (same name, .pt2), since the report's reload check and sizes are about it and the app
     and `inspect` read it. Lowering failures raise LoweringError before anything is written.
     `steps` is calibration batches (PTQ, default 16) or training steps (QAT, default 120);
-    `lr`, `optimizer` and the freeze steps are QAT settings (see QatConfig); `eval_samples`
-    limits evaluation to the first samples of the evaluation split.
+    `lr`, `optimizer` and the freeze steps are QAT settings (see QatConfig); `qat_keep` is
+    which QAT state is converted: "best" (the best evaluated, the calibrated start included)
+    or "last"; `eval_samples` limits evaluation to the first samples of the evaluation split.
     Nothing is written at `out` unless every stage succeeded and the reload check passed.
     """
     timings: dict[str, float] = {"capture": captured.export_seconds}
@@ -121,7 +123,8 @@ def build(
             optimizer=optimizer, freeze_bn_step=freeze_bn_step,
             freeze_observer_step=freeze_observer_step,
         )  # fmt: skip
-        stages = quantize(captured, recipe, dataset, qat=qat, progress=progress)
+        stages = quantize(captured, recipe, dataset, qat=qat, qat_keep=qat_keep,
+                          progress=progress)  # fmt: skip
     else:
         stages = quantize(captured, recipe, dataset, batches=16 if steps is None else steps,
                           batch_size=batch_size, progress=progress)  # fmt: skip
@@ -153,13 +156,15 @@ def quantize(
     batches: int = 16,
     batch_size: int = 64,
     qat: QatConfig | None = None,
+    qat_keep: str = "best",
     progress: BuildProgress | None = None,
 ) -> Stages:
     """exported -> prepared -> calibrated (PTQ) or trained (QAT) -> converted, in memory.
 
     The recipe's mode decides: PTQ calibrates `batches` batches of `batch_size`, QAT trains
     as `qat` says (default `QatConfig(batch_size=batch_size)`), with the exported graph as
-    teacher for data without targets.
+    teacher for data without targets, and keeps its best evaluated state (or, with
+    `qat_keep="last"`, the last).
     """
     exported = exported_stage(captured)
     prepared = prepare(captured, recipe)
@@ -172,11 +177,11 @@ def quantize(
     if recipe.mode == "qat":
         config = qat if qat is not None else QatConfig(batch_size=batch_size)
         tuned = train_qat(prepared, data, config, teacher=exported.graph_module,
-                          progress=phase("train"))  # fmt: skip
+                          progress=phase("train"), keep=qat_keep)  # fmt: skip
     else:
         tuned = calibrate(prepared, data, batches=batches, batch_size=batch_size,
                           progress=phase("calibrate"))  # fmt: skip
-    return Stages(exported, prepared, tuned, convert(tuned))
+    return Stages(exported, prepared, tuned, *convert_forms(tuned))
 
 
 def export_stages(
