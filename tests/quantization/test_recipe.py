@@ -388,7 +388,8 @@ def test_json_that_does_not_parse() -> None:
         (
             '{"mode": "ptq", "colour": "red"}',
             "The recipe has unknown field(s): colour.",
-            "Known fields: backend, default, loss, metric, mode, output, overrides, version.",
+            "Known fields: backend, default, loss, metric, mode, output, overrides, "
+            "reference_representation, version.",
         ),
         (
             '{"default": {"weight_bits": 4}}',
