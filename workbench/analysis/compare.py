@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,19 +27,22 @@ from workbench.graph.nodes import (
     QUANTIZE_PER_TENSOR,
     argument_value,
     is_get_attr,
+    is_quantize,
     readable_op,
 )
 from workbench.graph.view import op_family
 from workbench.model.signature import ModelInputs
-from workbench.stages.steps import evaluate
+from workbench.stages.steps import evaluate, run
 
 __all__ = [
     "SQNR_BATCH",
     "ActivationGrid",
     "Comparison",
+    "FormsGap",
     "WeightChannels",
     "activation_grid",
     "compare",
+    "forms_gap",
     "weight_channels",
     "weight_nodes",
     "worst_first",
@@ -184,6 +188,59 @@ def weight_channels(converted_gm: GraphModule, node: str) -> WeightChannels:
         node, values.amin(dim=1), values.amax(dim=1), (qmin - zero_point) * scale,
         (qmax - zero_point) * scale, scale, per_channel,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FormsGap:
+    """The reference representation against the q/dq form of the same tuned model, on the
+    prediction over evaluation batches."""
+
+    max_abs_diff: float
+    sqnr_db: float  # the q/dq form as signal
+    agreement: float  # % of samples whose top-1 prediction is the same
+    samples: int
+    output_step: float | None  # scale of the q/dq form's last quantize: one output grid step
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        steps = None if not self.output_step else self.max_abs_diff / self.output_step
+        return {
+            "max_abs_diff": self.max_abs_diff,
+            "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else None,
+            "agreement": self.agreement,
+            "samples": self.samples,
+            "output_step": self.output_step,
+            "max_abs_diff_in_output_steps": steps,
+        }
+
+
+def forms_gap(
+    reference_gm: GraphModule, qdq_gm: GraphModule, data: Dataset, *, batches: int = 4
+) -> FormsGap:
+    """Compare the two forms on up to `batches` evaluation batches of 256.
+
+    The reference representation computes the same int8 arithmetic with integer ops and
+    its own rounding, so a value may land one grid step away at a requantize; at the output
+    that shows as whole steps of its grid (2 on the digits CNN and an HF ResNet), and the
+    predictions agree.
+    """
+    worst, agree, count = 0.0, 0, 0
+    signal = noise = 0.0
+    for i, batch in enumerate(data.eval_batches(256)):
+        if i >= batches:
+            break
+        want = run(qdq_gm, batch.inputs, data.task).float()
+        got = run(reference_gm, batch.inputs, data.task).float()
+        worst = max(worst, float((want - got).abs().max()))
+        signal += float(want.pow(2).sum())
+        noise += float((want - got).pow(2).sum())
+        if want.ndim >= 1 and want.shape[-1] > 1:
+            agree += int((want.argmax(-1) == got.argmax(-1)).sum())
+            count += int(want.argmax(-1).numel())
+    quantizes = [n for n in qdq_gm.graph.nodes if is_quantize(n)]
+    step = float(quantizes[-1].args[1]) if quantizes and isinstance(
+        quantizes[-1].args[1], float) else None  # fmt: skip
+    sqnr_db = math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal else -math.inf
+    return FormsGap(worst, sqnr_db, 100.0 * agree / count if count else 100.0, count, step)
 
 
 def worst_first(errors: Sequence[NodeError]) -> list[NodeError]:

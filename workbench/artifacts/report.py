@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch.fx import GraphModule
 
-from workbench.analysis.compare import Comparison, compare
+from workbench.analysis.compare import Comparison, compare, forms_gap
 from workbench.artifacts.export import SavedModel, loading_lines, program_for, program_size
 from workbench.artifacts.pte import Lowered, PteCheck, SavedPte, pte_loading_lines
 from workbench.data.datasets import Dataset
@@ -138,6 +138,15 @@ def make_report(
         "dynamic_dims": [d.as_dict() for d in saved.dynamic_dims],
         "quality": quality,
         **({"qat": qat} if qat is not None else {}),
+        **(
+            {
+                "reference_representation": forms_gap(
+                    converted, stages.qdq.graph_module, dataset
+                ).as_dict()
+            }
+            if stages.qdq is not None
+            else {}
+        ),
         "per_node_sqnr_reference": comparison.reference,
         "per_node_sqnr_db": [
             {
