@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from workbench.model.capture import CapturedModel
     from workbench.quantization.recipe import Recipe
+    from workbench.stages.distributed import DistributedContext
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_OK", "main"]
 
@@ -131,6 +132,16 @@ def _parser() -> argparse.ArgumentParser:
         "or the last",
     )  # fmt: skip
     quantize.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), default="cpu",
+        help="where calibration, training and evaluation run (auto: cuda when there is a "
+        "GPU); convert and export run on the CPU. Under torchrun: gloo on cpu, NCCL on cuda",
+    )  # fmt: skip
+    quantize.add_argument(
+        "--checkpoint-dir", type=Path, default=None, metavar="DIR",
+        help="QAT: write a resumable checkpoint here every 10 steps (under torchrun rank 0 "
+        "alone writes it; it resumes on one process)",
+    )  # fmt: skip
+    quantize.add_argument(
         "--out", type=Path, required=True,
         help="the .pt2 to write, or a .pte: lowered to ExecuTorch with XNNPACK, checked in "
         "its runtime, with the .pt2 written beside it",
@@ -184,6 +195,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", type=Path, default=None, help="recipe JSON (see README)")
+    parser.add_argument(
+        "--reference-representation", action="store_true",
+        help="convert to torchao's reference representation (integer ops in place of q/dq "
+        "pairs; rewrites int8-activation patterns, as xnnpack's); saved in the recipe",
+    )  # fmt: skip
     parser.add_argument(
         "--mode", choices=("ptq", "qat"), default=None, help="overrides the recipe's mode"
     )
@@ -315,7 +331,7 @@ def _recipe(args: argparse.Namespace) -> Recipe:
                 f"Cannot read the recipe {args.recipe}: {exc.strerror}.", "Check the path."
             ) from exc
         recipe = Recipe.from_json(text, source=str(args.recipe))
-    given = ("mode", "backend", "output", "loss", "metric")
+    given = ("mode", "backend", "output", "loss", "metric", "reference_representation")
     changes = {k: getattr(args, k) for k in given if getattr(args, k)}
     return dataclasses.replace(recipe, **changes) if changes else recipe
 
@@ -337,9 +353,28 @@ def _default_data(data: str | None, captured: CapturedModel) -> str:
 
 
 def _quantize(args: argparse.Namespace) -> int:
+    from workbench.stages.distributed import resolve_device, start_distributed, stop_distributed
+
+    device = resolve_device(args.device)  # no GPU for --device cuda: bad input, before any work
+    context = start_distributed(device)  # under torchrun: this rank's place (see distributed.py)
+    try:
+        return _quantize_on(args, device, context)
+    finally:
+        stop_distributed(context)
+
+
+def _quantize_on(args: argparse.Namespace, device: str, context: DistributedContext | None) -> int:
     from workbench.stages.build import build
 
     recipe = _recipe(args)
+    main_rank = context is None or context.is_main
+    if context is not None and context.world_size > 1 and recipe.mode != "qat":
+        raise WorkbenchError(
+            f"torchrun started {context.world_size} processes for PTQ, which calibrates "
+            "on a few batches in one process.",
+            "Run PTQ as plain python -m workbench quantize, or pass --mode qat to train on "
+            "every process.",
+        )
     if args.eval_samples is not None and args.eval_samples < 1:
         raise WorkbenchError(f"--eval-samples {args.eval_samples} is not a number of samples.",
                              "Give a positive count, or leave it out to evaluate on all of "
@@ -352,8 +387,8 @@ def _quantize(args: argparse.Namespace) -> int:
     from workbench.artifacts.export import check_writable
 
     pt2 = args.out.with_suffix(".pt2")
-    for path in (args.out, pt2, args.report, args.recipe_out):
-        if path is not None:
+    for path in (args.out, pt2, args.report, args.recipe_out, args.checkpoint_dir):
+        if path is not None and main_rank:
             check_writable(path)
     captured = _capture(args)
     recipe_out = args.recipe_out or args.out.with_name(args.out.stem + ".recipe.json")
@@ -363,8 +398,12 @@ def _quantize(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, eval_samples=args.eval_samples, lr=args.lr,
         optimizer=args.optimizer, freeze_bn_step=args.freeze_bn_step,
         freeze_observer_step=args.freeze_observer_step, qat_keep=args.qat_keep,
-        progress=None if args.quiet else functools.partial(_progress_line, args.stderr),
+        progress=None if args.quiet or not main_rank
+        else functools.partial(_progress_line, args.stderr),
+        device=device, distributed=context, checkpoint_dir=args.checkpoint_dir,
     )  # fmt: skip
+    if result is None:  # a rank other than 0: it trained, rank 0 writes
+        return EXIT_OK
     quality = result.report["quality"]
     files = result.report["files"]
     unit = "" if quality["metric"] == "mse" else " %"

@@ -35,6 +35,12 @@ from workbench.data.datasets import Dataset, load_data
 from workbench.model.capture import CapturedModel
 from workbench.model.signature import ModelInputs
 from workbench.quantization.recipe import Recipe, check_output
+from workbench.stages.distributed import (
+    DistributedContext,
+    RankData,
+    local_context,
+    train_qat_distributed,
+)
 from workbench.stages.stage import Stages
 from workbench.stages.steps import StepProgress, calibrate, convert_forms, exported_stage, prepare
 from workbench.stages.training import QatConfig, train_qat
@@ -97,7 +103,10 @@ def build(
     freeze_observer_step: int | None = None,
     qat_keep: str = "best",
     progress: BuildProgress | None = None,
-) -> BuildResult:
+    device: str = "cpu",
+    distributed: DistributedContext | None = None,
+    checkpoint_dir: Path | None = None,
+) -> BuildResult | None:
     """Quantize `captured` as `recipe` says and write a reload-checked .pt2 (and a report).
 
     When `out` ends in .pte, the converted program is lowered to ExecuTorch with XNNPACK,
@@ -109,7 +118,16 @@ def build(
     which QAT state is converted: "best" (the best evaluated, the calibrated start included)
     or "last"; `eval_samples` limits evaluation to the first samples of the evaluation split.
     Nothing is written at `out` unless every stage succeeded and the reload check passed.
+
+    `device` (resolved: "cpu" or "cuda") is where calibration, training and evaluation run;
+    convert and export run on the CPU. Under torchrun, `distributed` is this rank's place:
+    every rank trains (`workbench.stages.distributed`), rank 0 alone converts and writes,
+    and the others return None. With `checkpoint_dir`, QAT writes a resumable checkpoint
+    there every 10 steps. The report says "device" and, distributed, "distributed".
     """
+    context = distributed
+    if context is None and (device != "cpu" or checkpoint_dir is not None):
+        context = local_context(device)
     timings: dict[str, float] = {"capture": captured.export_seconds}
     start = time.perf_counter()
     check_output(recipe, captured.outputs)
@@ -123,11 +141,17 @@ def build(
             optimizer=optimizer, freeze_bn_step=freeze_bn_step,
             freeze_observer_step=freeze_observer_step,
         )  # fmt: skip
+        if context is not None and not context.is_main:  # trains beside rank 0, writes nothing
+            train_qat_distributed(prepare(captured, recipe), dataset, qat, context=context,
+                                  teacher=captured.graph_module(),
+                                  checkpoint_dir=checkpoint_dir)  # fmt: skip
+            return None
         stages = quantize(captured, recipe, dataset, qat=qat, qat_keep=qat_keep,
-                          progress=progress)  # fmt: skip
+                          progress=progress, context=context, checkpoint_dir=checkpoint_dir,
+                          checkpoint_meta=_checkpoint_meta(captured, recipe, dataset))  # fmt: skip
     else:
         stages = quantize(captured, recipe, dataset, batches=16 if steps is None else steps,
-                          batch_size=batch_size, progress=progress)  # fmt: skip
+                          batch_size=batch_size, progress=progress, context=context)  # fmt: skip
     for phase, stage in (("prepare", stages.prepared), (stages.tuned.name, stages.tuned),
                          ("convert", stages.converted)):  # fmt: skip
         timings[phase] = stage.seconds
@@ -138,7 +162,10 @@ def build(
         result = export_pte(captured, recipe, dataset, stages, out, timings)
     else:
         result = export_stages(captured, recipe, dataset, stages, out, timings)
-    report = result.report
+    report = {**result.report, "device": context.device if context is not None else "cpu"}
+    if distributed is not None:
+        report["distributed"] = distributed.as_report()
+    result = dataclasses.replace(result, report=report)
     if report_path is not None:
         write_text(report_path, json.dumps(report, indent=2) + "\n")
     if recipe_path is not None:
@@ -158,13 +185,17 @@ def quantize(
     qat: QatConfig | None = None,
     qat_keep: str = "best",
     progress: BuildProgress | None = None,
+    context: DistributedContext | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_meta: dict[str, str | int | float] | None = None,
 ) -> Stages:
     """exported -> prepared -> calibrated (PTQ) or trained (QAT) -> converted, in memory.
 
     The recipe's mode decides: PTQ calibrates `batches` batches of `batch_size`, QAT trains
     as `qat` says (default `QatConfig(batch_size=batch_size)`), with the exported graph as
     teacher for data without targets, and keeps its best evaluated state (or, with
-    `qat_keep="last"`, the last).
+    `qat_keep="last"`, the last). With `context`, QAT trains as this rank of a distributed
+    run (or on its device) and calibration runs on its device; the tuned stage is on the CPU.
     """
     exported = exported_stage(captured)
     prepared = prepare(captured, recipe)
@@ -176,8 +207,20 @@ def quantize(
 
     if recipe.mode == "qat":
         config = qat if qat is not None else QatConfig(batch_size=batch_size)
-        tuned = train_qat(prepared, data, config, teacher=exported.graph_module,
-                          progress=phase("train"), keep=qat_keep)  # fmt: skip
+        if context is not None:
+            tuned = train_qat_distributed(prepared, data, config, context=context,
+                                          teacher=exported.graph_module, keep=qat_keep,
+                                          progress=phase("train"), checkpoint_dir=checkpoint_dir,
+                                          meta=checkpoint_meta)  # fmt: skip
+        else:
+            tuned = train_qat(prepared, data, config, teacher=exported.graph_module,
+                              progress=phase("train"), keep=qat_keep)  # fmt: skip
+    elif context is not None and context.device != "cpu":
+        on_device = prepared.copy_module().to(context.device)
+        tuned = calibrate(dataclasses.replace(prepared, graph_module=on_device),
+                          RankData(data, device=context.device), batches=batches,
+                          batch_size=batch_size, progress=phase("calibrate"))  # fmt: skip
+        tuned = dataclasses.replace(tuned, graph_module=tuned.graph_module.to("cpu"))
     else:
         tuned = calibrate(prepared, data, batches=batches, batch_size=batch_size,
                           progress=phase("calibrate"))  # fmt: skip
@@ -286,6 +329,14 @@ def lower_stages(
         made[key] = (lowered, check(lowered, gm, dataset, example_inputs=captured.example_inputs))
         timings[f"check_pte{key}"] = time.perf_counter() - start
     return PteBuild(*made[""], *made["_float"])
+
+
+def _checkpoint_meta(
+    captured: CapturedModel, recipe: Recipe, dataset: Dataset
+) -> dict[str, str | int | float]:
+    """What a QAT checkpoint of the CLI says it was made of (the app's resume keys)."""
+    return {"spec": str(captured.spec), "recipe": recipe.to_json(), "data": dataset.spec,
+            "eval_every": 0}  # fmt: skip
 
 
 def _refuse_backend(backend: str, lowered: Lowered) -> None:

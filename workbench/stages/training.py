@@ -180,6 +180,8 @@ class QatRun:
         self.model: GraphModule = self.source.copy_module()
         with EXPORT_LOCK:
             move_exported_model_to_train(self.model)
+        # What the training forward calls: the model, or a wrapper of it (distributed.py's DDP).
+        self.trainer: torch.nn.Module = self.model
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer: torch.optim.Optimizer = (
             torch.optim.Adam(params, lr=self.config.lr)
@@ -398,8 +400,8 @@ class QatRun:
         batch = next(self._batches)  # a data error here leaves the model untouched
         try:
             with EXPORT_LOCK:  # the whole step: results do not depend on other work (locks.py)
-                loss = _loss(self.model, batch, self.data, self.teacher)
-                value = float(loss.item())
+                loss = _loss(self.trainer, batch, self.data, self.teacher)
+                value = self._loss_value(loss)
                 spike = self._spike(step, value)
                 if math.isfinite(value) and spike is None:
                     self.optimizer.zero_grad()
@@ -439,6 +441,10 @@ class QatRun:
                 self._write(self._good, self.checkpoint_path)
         self.seconds += time.perf_counter() - start
         return record
+
+    def _loss_value(self, loss: torch.Tensor) -> float:
+        """The step's loss as recorded and checked (a distributed run: every rank's mean)."""
+        return float(loss.item())
 
     def _spike(self, step: int, value: float) -> str | None:
         """Why a finite loss is a spike (text for the message), or None: a loss above
