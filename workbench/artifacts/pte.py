@@ -63,9 +63,13 @@ __all__ = [
     "SavedPte",
     "SourcePlacement",
     "check",
+    "check_kernels",
     "load_pte",
     "lower",
+    "planned_batch",
+    "program_to_source",
     "pte_loading_lines",
+    "register_quantized_kernels",
     "run",
     "save_pte",
     "source_placement",
@@ -167,9 +171,9 @@ def lower(program: ExportedProgram, *, what: str, source: GraphModule | None = N
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
-    _register_quantized_kernels()
+    register_quantized_kernels()
     names = _op_nodes(source if source is not None else program.graph_module)
-    renamed = _program_to_source(program, source)
+    renamed = program_to_source(program, source)
     graph_id = id(program.graph)
     start = time.perf_counter()
     with EXPORT_LOCK:  # lowering re-traces the program: not thread-safe (locks.py)
@@ -196,10 +200,10 @@ def lower(program: ExportedProgram, *, what: str, source: GraphModule | None = N
             ) from exc
         buffer = bytes(executorch.buffer)
     seconds = time.perf_counter() - start
-    _check_kernels(executorch, outside, what)
+    check_kernels(executorch, outside, what)
     call_spec = lowered_program.call_spec
     return Lowered(
-        what, buffer, placement, outside, delegates, seconds, _planned_batch(executorch),
+        what, buffer, placement, outside, delegates, seconds, planned_batch(executorch),
         call_spec.in_spec, call_spec.out_spec,
     )  # fmt: skip
 
@@ -262,7 +266,7 @@ def load_pte(
     """
     from executorch.runtime import Runtime
 
-    _register_quantized_kernels()
+    register_quantized_kernels()
     data = str(source) if isinstance(source, Path) else source
     try:
         loaded = Runtime.get().load_program(data)
@@ -430,7 +434,7 @@ def save_pte(
 # --- where each node runs ------------------------------------------------------------------
 
 
-def _register_quantized_kernels() -> None:
+def register_quantized_kernels() -> None:
     """The quantized_decomposed out variants (for to_executorch) and their runtime kernels."""
     import executorch.kernels.quantized  # noqa: F401  (registers on import)
 
@@ -520,7 +524,7 @@ def _sources_in(node: Node, graph_id: int) -> set[str]:
     return found
 
 
-def _program_to_source(program: ExportedProgram, source: GraphModule | None) -> dict[str, str]:
+def program_to_source(program: ExportedProgram, source: GraphModule | None) -> dict[str, str]:
     """Program op node name -> the source's node it was traced from.
 
     Re-exporting a GraphModule traces its ops in graph order, so the two lists of targets
@@ -587,7 +591,7 @@ def _kernel_name(node: Node) -> str:
     return str(schema.name) if schema is not None else name
 
 
-def _check_kernels(executorch: Any, outside: Sequence[OutsideNode], what: str) -> None:
+def check_kernels(executorch: Any, outside: Sequence[OutsideNode], what: str) -> None:
     """Raise LoweringError when the program calls operators the runtime has no kernel for."""
     from executorch.extension.pybindings.portable_lib import _get_operator_names
 
@@ -611,7 +615,7 @@ def _check_kernels(executorch: Any, outside: Sequence[OutsideNode], what: str) -
     )
 
 
-def _planned_batch(executorch: Any) -> int | None:
+def planned_batch(executorch: Any) -> int | None:
     """Dim 0 of the first input as memory was planned for it (the largest batch one call
     takes), None without a tensor input."""
     plan = executorch.executorch_program.execution_plan[0]

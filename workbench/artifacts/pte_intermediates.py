@@ -56,12 +56,12 @@ from workbench.artifacts.export import program_for
 from workbench.artifacts.pte import (
     Lowered,
     LoweringError,
-    _check_kernels,
-    _planned_batch,
-    _program_to_source,
-    _register_quantized_kernels,
+    check_kernels,
     load_pte,
     lower,
+    planned_batch,
+    program_to_source,
+    register_quantized_kernels,
 )
 from workbench.errors import first_line
 from workbench.graph.nodes import is_dequantize, is_quantize, is_tensor_op
@@ -161,7 +161,7 @@ def pte_intermediates(
 
     program = program_for(converted_gm, captured.example_inputs, dims=captured.dynamic_dims,
                           parameters=captured.parameters, keep_debug=True)  # fmt: skip
-    renamed = _program_to_source(program, converted_gm)
+    renamed = program_to_source(program, converted_gm)
     buffer, outputs, max_batch, in_spec = _lower_tapped(program, renamed, set(taps))
     for name in set(taps) - set(outputs):
         untapped[taps.pop(name).exported] = NOT_IN_PROGRAM
@@ -234,7 +234,7 @@ def _lower_tapped(
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
-    _register_quantized_kernels()
+    register_quantized_kernels()
 
     def selected(node: Node) -> bool:
         return renamed.get(node.name) in wanted
@@ -256,9 +256,9 @@ def _lower_tapped(
             ) from exc
         buffer = bytes(executorch.buffer)
         in_spec = edge.exported_program().call_spec.in_spec
-    _check_kernels(executorch, (), "the tapped converted model")
+    check_kernels(executorch, (), "the tapped converted model")
     outputs = {renamed[s.node_name]: s.output_index for s in specs}
-    return buffer, outputs, _planned_batch(executorch), in_spec
+    return buffer, outputs, planned_batch(executorch), in_spec
 
 
 def _unmeasured(
