@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
+from torch.fx import GraphModule
 
 from ui.conversion import offer_conversion
 from ui.graph_view import graph_view, group_click, groups_note, legend
@@ -15,6 +16,7 @@ from ui.state import AppState, loaded_state, step
 from workbench.analysis.checks import check_converted
 from workbench.analysis.diff import StageDiff, code_diff, diff_stages
 from workbench.analysis.folding import fold_reports
+from workbench.artifacts.report import op_counts
 from workbench.drawing.diff import (
     diff_opening_depth,
     diff_to_dot,
@@ -25,6 +27,7 @@ from workbench.drawing.diff import (
 from workbench.drawing.dot import box_of
 from workbench.drawing.overlays import DIFF_COLOURS
 from workbench.graph.view import GraphView
+from workbench.stages.stage import QDQ_STAGE
 
 SIDES = ("before", "after")
 
@@ -183,6 +186,18 @@ def tables(state: AppState, diff: StageDiff, names: tuple[str, str]) -> None:
         st.code(code_diff(before, after) or "(no difference)", language="diff")
 
 
+def forms_caption(qdq: GraphModule, reference: GraphModule) -> str:
+    """The ops the reference representation introduced and removed, with their counts."""
+    before, after = op_counts(qdq), op_counts(reference)
+    moved = {op: after.get(op, 0) - before.get(op, 0) for op in {*before, *after}}
+    added = ", ".join(f"{op} ×{n}" for op, n in sorted(moved.items(), key=lambda m: -m[1])
+                      if n > 0)  # fmt: skip
+    removed = ", ".join(f"{op} ×{-n}" for op, n in sorted(moved.items(), key=lambda m: m[1])
+                        if n < 0)  # fmt: skip
+    return (f"The reference representation writes the int8 arithmetic out in integer ops. "
+            f"Introduced: {added or 'nothing'}. Removed: {removed or 'nothing'}.")  # fmt: skip
+
+
 # --- the page ---
 # st.navigation runs this file as __main__ on every rerun; benchmarks/diff_app.py imports
 # `linked_graphs` from it without drawing the page.
@@ -210,6 +225,8 @@ if __name__ == "__main__":
     metrics = st.columns(len(counts))
     for column, (kind, count) in zip(metrics, counts.items(), strict=True):
         column.metric(kind, count)
+    if {before, after} == {QDQ_STAGE, "converted"}:
+        st.caption(forms_caption(stages[QDQ_STAGE].graph_module, stages["converted"].graph_module))
     with st.expander("Summary", expanded=False):
         st.text(diff.summary())
     if st.radio("View", ["side by side", "overlay"], horizontal=True) == "overlay":

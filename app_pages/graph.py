@@ -16,6 +16,7 @@ from workbench.analysis.debugger import stage_gap
 from workbench.analysis.latency import eval_batch
 from workbench.analysis.sqnr import NodeError, own_sqnr, sqnr_by_node
 from workbench.artifacts.pte import SourcePlacement, source_placement
+from workbench.artifacts.pte_intermediates import pte_gap
 from workbench.drawing.dot import (
     OPEN_COLLAPSED_ABOVE,
     box_of,
@@ -158,6 +159,9 @@ def delegation(
 GAP_BATCH = 128  # evaluation samples the stage gap runs both stages on
 
 
+PTE_STAGE = "model.pte"  # the built ExecuTorch program as a compared stage
+
+
 def gap_section(state: AppState, collapse_depth: int | None) -> Overlay:
     """Colour by the SQNR of one stage's node outputs against another's (a job measures it)."""
     if state.current() is None:
@@ -165,10 +169,17 @@ def gap_section(state: AppState, collapse_depth: int | None) -> Overlay:
                    "recipe and data: convert on Train & convert first.")  # fmt: skip
         return family_overlay()
     names = list(state.stages())
+    compared_names = names + ([PTE_STAGE] if current_pte(state) is not None else [])
     cols = st.columns([2, 2, 3])
     reference = cols[0].selectbox("Reference stage", names, index=0, key="gap-reference")
-    compared = cols[1].selectbox("Compared stage", names, index=len(names) - 1,
-                                 key="gap-compared")  # fmt: skip
+    compared = cols[1].selectbox("Compared stage", compared_names, index=len(names) - 1,
+                                 key="gap-compared",
+                                 help=f"{PTE_STAGE}: the ExecuTorch program built on the "
+                                 "Export page, its int8 values tapped out of the XNNPACK "
+                                 "delegate, against exported (float) or converted.")  # fmt: skip
+    if compared == PTE_STAGE and reference not in ("exported", "converted"):
+        st.warning(f"{PTE_STAGE} is compared with the exported or the converted stage.")
+        return family_overlay()
     gap = state.stage_gaps.get((state.stages_key(), reference, compared))
     if gap is None:
         with cols[2]:
@@ -181,6 +192,13 @@ def gap_section(state: AppState, collapse_depth: int | None) -> Overlay:
             live_progress(state, "gap")
         outcome(state.jobs.last("gap"))
         return family_overlay()
+    if compared == PTE_STAGE:
+        st.caption(f"SQNR of each node's int8 output in model.pte (tapped out of the XNNPACK "
+                   f"delegate, run in the ExecuTorch runtime) against {reference}, on "
+                   f"{GAP_BATCH} evaluation samples. Uncoloured: ops XNNPACK fuses with the "
+                   "next (no tensor of their own in the runtime) and folded batch norms."
+                   )  # fmt: skip
+        return db_overlay(state.view, gap, collapse_depth)
     st.caption(f"SQNR of each node's output in {compared} against {reference}, on "
                f"{GAP_BATCH} evaluation samples, paired by torchao's numeric debugger (the "
                "node's source in the exported graph). A conv whose BatchNorm convert folded "
@@ -195,7 +213,16 @@ def start_stage_gap(state: AppState, reference: str, compared: str) -> Job[dict[
     inputs = eval_batch(state.data(), GAP_BATCH)
     exported_id = exported_graph_id(stages.converted.graph_module)
 
+    built = current_pte(state) if compared == PTE_STAGE else None
+    captured = state.captured
+
     def work(job: Job[dict[str, float]]) -> dict[str, float]:
+        if built is not None and built.pte is not None and captured is not None:
+            job.progress(0.1, "tapping each node's int8 output out of the .pte…")
+            against = "float" if reference == "exported" else "converted"
+            return pte_gap(captured, stages.exported.graph_module,
+                           stages.converted.graph_module, inputs, against=against,
+                           lowered=built.pte.lowered)  # fmt: skip
         job.progress(0.1, f"running {reference} and {compared} with loggers…")
         return stage_gap(stages[reference].graph_module, stages[compared].graph_module, inputs,
                          exported_id)  # fmt: skip

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -58,7 +59,7 @@ from workbench.quantization.editing import set_override
 from workbench.quantization.recipe import Recipe, check_output
 from workbench.stages.ranges import FakeQuantInfo
 from workbench.stages.steps import exported_stage, prepare
-from workbench.stages.training import CHECKPOINT_NAME, QatConfig, QatRun
+from workbench.stages.training import CHECKPOINT_NAME, QatConfig, QatRun, qat_lines, qat_summary
 
 # While a job trains, the live charts are redrawn this often. Drawing four plotly charts
 # holds the GIL for tens of milliseconds, and the training thread, which gives the GIL up
@@ -257,10 +258,28 @@ def qat_section(state: AppState, converted: Converted | None) -> Callable[[], Tu
         st.warning(f"This run trained on {run.data.spec}: Start again to train on "
                    f"{state.data().spec}.")  # fmt: skip
         return None
-    if not run.done:
-        st.caption(f"Convert uses the model as it is at step {run.step_count}.")
+    summary = qat_summary(run.history)  # the run's evaluations, without copying the model
+    if summary is not None:
+        st.caption(qat_lines(summary)[0] + ".")
+        if run.ended_worse:
+            st.warning(f"QAT ended worse than its calibrated start: {_quality_moves(summary)} "
+                       "Convert keeps the best state by default; lower the learning rate or "
+                       "train fewer steps to do better.")  # fmt: skip
+    keep = st.radio("Convert", ["best", "last"], horizontal=True, key="qat-keep",
+                    format_func=lambda k: {"best": "the best evaluated state (default)",
+                                           "last": f"the last state (step {run.step_count})"}[k],
+                    help="Every evaluation, the calibrated start (step 0) included, keeps its "
+                    "state when it is the best so far.")  # fmt: skip
     eval_samples = state.eval_samples
-    return lambda: Tuned(run.source, run.stage(), trained_schedule(run, eval_samples))
+    return lambda: Tuned(run.source, run.stage(keep), trained_schedule(run, eval_samples))
+
+
+def _quality_moves(summary: Mapping[str, Any]) -> str:
+    """'fake-quant 99.44 % at step 0, 10.00 % at step 8.' from a qat_summary."""
+    unit = "" if summary["quality"] == "mse" else " %"
+    start, last = summary["start"], summary["last"]
+    return (f"fake-quant {start['fake_quant']:.2f}{unit} at step {start['step']}, "
+            f"{last['fake_quant']:.2f}{unit} at step {last['step']}.")  # fmt: skip
 
 
 def start_training(
@@ -372,6 +391,9 @@ class LiveCharts:
         qat = converted if converted is not None and converted.schedule.qat is not None else None
         self.int8 = qat.comparison.int8_quality if qat is not None else None
         self.int8_step = qat.schedule.steps if qat is not None else None
+        summary = qat_summary(qat.stages.tuned.history) if qat is not None else None
+        if summary is not None and summary.get("kept"):
+            self.int8_step = int(summary["kept"]["step"])  # the state converted
         self.chosen: str | None = None
         self.per_channel = False
         quantizers = run.recorder.quantizers if run.recorder is not None else []
@@ -384,8 +406,9 @@ class LiveCharts:
         st.caption(f"{run.step_count} of {run.config.steps} steps, {run.seconds:.1f} s{state}")
         left, right = st.columns(2)
         left.plotly_chart(loss_figure(run.train_history()), key="qat-loss")
+        marks = {"start": run.start, "best": run.best, "last": run.last}
         drift = accuracy_drift_figure(run.history, self.int8, int8_step=self.int8_step,
-                                      float_model=float_model)  # fmt: skip
+                                      float_model=float_model, marks=marks)  # fmt: skip
         right.plotly_chart(drift, key="qat-drift")
         recorder = run.recorder
         if self.chosen is None or recorder is None or recorder.count == 0:
@@ -468,8 +491,8 @@ def start_calibration(state: AppState, batches: int, batch_size: int) -> Job[Tun
     return state.jobs.start("calibrate", label, work, on_done=done, estimate=estimate)
 
 
-def convert_section(state: AppState, tuned: Callable[[], Tuned]) -> None:
-    """The Convert job: convert the tuned stage and measure it against float."""
+def form_picker(state: AppState) -> None:
+    """The form convert writes: q/dq pairs, or the reference representation."""
     reference = st.checkbox(
         "Reference representation", value=state.recipe.reference_representation,
         help="convert_pt2e(use_reference_representation=True): the int8 arithmetic written out "
@@ -481,6 +504,10 @@ def convert_section(state: AppState, tuned: Callable[[], Tuned]) -> None:
     if reference != state.recipe.reference_representation:
         state.set_recipe(dataclasses.replace(state.recipe, reference_representation=reference))
         st.rerun()
+
+
+def convert_section(state: AppState, tuned: Callable[[], Tuned]) -> None:
+    """The Convert job: convert the tuned stage and measure it against float."""
     current = state.current()
     label = "Convert again" if current is not None else "Convert"
     busy = bool(state.jobs.running("calibrate") or state.jobs.running("train"))
@@ -853,6 +880,7 @@ if __name__ == "__main__":
                "Recipe page).")  # fmt: skip
     data_picker(state)
     task_picker(state)
+    form_picker(state)
     # One converted model per page run, for the drift chart and the comparison alike: a Convert
     # job that ends while this run draws must not leave the chart without its int8 point.
     converted = state.converted

@@ -448,6 +448,35 @@ def test_the_mixed_precision_search_to_its_recipe_on_the_graph(server: str, page
     page.screenshot(path=str(ARTIFACTS / "graph_mixed_precision.png"), full_page=True)
 
 
+def test_the_diff_between_the_qdq_and_the_reference_forms(server: str, page) -> None:  # type: ignore[no-untyped-def]
+    """xnnpack with the reference representation ticked on Train & convert; the Diff page
+    compares the q/dq form with the reference form and names the integer ops introduced."""
+    page.set_viewport_size({"width": 1500, "height": 1600})
+    page.goto(server)
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
+    page.get_by_role("link", name="Recipe").click()
+    page.get_by_text("quantizable nodes").first.wait_for(timeout=60_000)
+    _choose(page, "Backend", "xnnpack")
+    _recipe_is(page, "PTQ with xnnpack")
+    page.get_by_role("link", name="Train & convert").click()
+    page.get_by_role("button", name=re.compile(r"^Calibrate")).wait_for(timeout=60_000)
+    page.get_by_text("Reference representation", exact=True).click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('input[type=checkbox]')].some(c => c.checked)",
+        timeout=30_000,
+    )
+    page.get_by_role("link", name="Diff").click()
+    page.get_by_role("button", name=re.compile("then convert")).click()
+    page.get_by_role("combobox", name="Before", exact=True).wait_for(timeout=180_000)
+    _choose(page, "Before", "converted (q/dq)")
+    caption = page.get_by_text(re.compile(r"^The reference representation writes"))
+    caption.first.wait_for(timeout=120_000)
+    text = caption.first.text_content() or ""
+    assert "round ×9" in text and "quantize_per_tensor ×10" in text  # introduced, removed
+    page.locator("svg g.node").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "diff_reference_representation.png"), full_page=True)
+
+
 def _load_python_spec(page, spec: str) -> None:  # type: ignore[no-untyped-def]
     page.get_by_role("link", name="Model").click()
     page.get_by_text("Python file").click()

@@ -156,12 +156,15 @@ def accuracy_drift_figure(
     *,
     int8_step: int | None = None,
     float_model: float | None = None,
+    marks: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> go.Figure:
     """Float and fake-quant quality at each evaluation; the converted int8 model as one point.
 
     Reads records with "fake_quant" (QatRun.history). "float" is the model being trained with
     fake quantization off. `int8` is drawn at `int8_step` (default: the last evaluation);
-    `float_model`, the quality of the float model before QAT, as a dotted reference line.
+    `float_model`, the quality of the float model before QAT, as a dotted reference line;
+    `marks` labels evaluations by name (QatRun's "start", "best", "last") on the fake-quant
+    line, one marker per step with the names that fall on it.
     """
     evals = [r for r in history if "fake_quant" in r]
     steps = [int(r["step"]) for r in evals]
@@ -177,6 +180,18 @@ def accuracy_drift_figure(
             x=steps, y=[r["fake_quant"] for r in evals], name="fake-quant", mode="lines+markers"
         )
     )
+    labels: dict[int, tuple[list[str], float]] = {}
+    for name, record in (marks or {}).items():
+        if record is not None and "fake_quant" in record:
+            names, _ = labels.setdefault(int(record["step"]), ([], float(record["fake_quant"])))
+            names.append(name)
+    if labels:
+        figure.add_trace(go.Scatter(
+            x=list(labels), y=[y for _, y in labels.values()], name="start / best / last",
+            mode="markers+text", text=[" · ".join(n) for n, _ in labels.values()],
+            textposition="top center",
+            marker={"symbol": "circle-open", "size": 16, "line": {"width": 2}},
+        ))  # fmt: skip
     if float_model is not None:
         figure.add_hline(
             y=float_model, line_dash="dot", line_color="#555",
