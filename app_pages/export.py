@@ -26,6 +26,7 @@ from workbench.artifacts.model_explorer import write_node_data
 from workbench.artifacts.report import reproduce_command
 from workbench.jobs import Job
 from workbench.stages.build import BuildResult, export_stages
+from workbench.stages.training import qat_summary
 
 
 def start_export(state: AppState, predicted: float) -> Job[BuildResult]:
@@ -239,10 +240,18 @@ if current is not None and build is not None and key == state.stages_key():
     st.code(report["load"], language="python")
 st.markdown("**Reproduce headless**")
 assert state.spec is not None
-st.code(reproduce_command(state.spec, "recipe.json", mode, schedule.data_spec, schedule.steps,
-                          schedule.batch_size, schedule.qat, captured.requested,
-                          eval_samples=schedule.eval_samples),
-        language="bash", wrap_lines=True)  # fmt: skip
+kept = qat_summary(current.stages.tuned.history) if current is not None else None
+qat_keep = kept["kept"]["keep"] if kept is not None and kept.get("kept") else "best"
+command = reproduce_command(state.spec, "recipe.json", mode, schedule.data_spec, schedule.steps,
+                            schedule.batch_size, schedule.qat, captured.requested,
+                            eval_samples=schedule.eval_samples, qat_keep=qat_keep)  # fmt: skip
+if mode == "qat":
+    st.caption("On several processes (DistributedDataParallel: gloo on the CPU, NCCL with "
+               "--device cuda; --batch-size is the global batch, each rank trains its share; "
+               "rank 0 writes the files):")  # fmt: skip
+    st.code(command.replace("python -m workbench", "torchrun --nproc-per-node 2 -m workbench",
+                            1), language="bash", wrap_lines=True)  # fmt: skip
+st.code(command, language="bash", wrap_lines=True)
 if current is None:
     st.caption("With the defaults the conversion button above would use.")
 else:

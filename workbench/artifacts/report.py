@@ -72,11 +72,13 @@ def reproduce_command(
     qat: QatConfig | None = None,
     dynamic: Sequence[object] = (),
     eval_samples: int | None = None,
+    qat_keep: str = "best",
 ) -> str:
     """The `python -m workbench quantize` command that rebuilds the same model headless.
 
     With `qat`, its settings that differ from the CLI's defaults for `steps` are spelled out
-    too (a freeze step equal to the default share of the steps is left to the default).
+    too (a freeze step equal to the default share of the steps is left to the default), and
+    `--qat-keep last` when the last state rather than the best was converted.
     `dynamic` are the dims the user asked to be dynamic (`INPUT:DIM` as text).
     """
     command = (
@@ -96,6 +98,8 @@ def reproduce_command(
             command += f" --freeze-bn-step {qat.bn_freeze_at}"
         if qat.observer_freeze_at != default.observer_freeze_at:
             command += f" --freeze-observer-step {qat.observer_freeze_at}"
+        if qat_keep != "best":
+            command += f" --qat-keep {qat_keep}"
     return command + " --out model.pt2 --report report.json"
 
 
