@@ -309,7 +309,7 @@ def test_train_page_runs_qat_with_live_charts_converts_and_compares(workspace: P
     state = _state(at)
     run = state.qat_run
     assert run.done and run.step_count == 6
-    assert [r["step"] for r in run.history] == [3, 6]
+    assert [r["step"] for r in run.history] == [0, 3, 6]  # the calibrated start first
     assert run.config.freeze_bn_step == 4 and run.config.freeze_observer_step == 5
     assert run.checkpoint_path.is_file()
     # A per-tensor (activation) fake quantizer: its range; a per-channel (weight) one adds
@@ -338,7 +338,12 @@ def test_train_page_runs_qat_with_live_charts_converts_and_compares(workspace: P
     drift = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
                  if "Quality during QAT" in c.proto.spec)  # fmt: skip
     star = next(t for t in drift["data"] if t["name"] == "int8 (converted)")
-    assert star["x"] == [6] and star["y"] == [comparison.int8_quality]
+    kept = run.best["step"]  # Convert keeps the best evaluated state by default
+    assert at.radio(key="qat-keep").value == "best"
+    assert star["x"] == [kept] and star["y"] == [comparison.int8_quality]
+    marks = next(t for t in drift["data"] if t["name"] == "start / best / last")
+    assert marks["x"][0] == 0 and "start" in marks["text"][0]
+    assert any("best" in text for text in marks["text"]) and "last" in marks["text"][-1]
 
     # The Graph page colours by SQNR and shows a clicked node's numbers.
     at.switch_page("app_pages/graph.py").run()
@@ -377,7 +382,10 @@ def test_a_stopped_qat_run_converts_and_the_export_command_reproduces_it(
         run.step()
     state.qat_run = run
     at.run()
-    assert "Convert uses the model as it is at step 5." in [c.value for c in at.caption]
+    keep = at.radio(key="qat-keep")
+    assert keep.value == "best" and keep.options == ["the best evaluated state (default)",
+                                                      "the last state (step 5)"]  # fmt: skip
+    keep.set_value("last").run()  # where it stopped (only step 0 was evaluated)
     _click(at, "convert")
     assert not at.exception and not at.error
     assert state.current() is not None and state.schedule().steps == 5
@@ -385,7 +393,7 @@ def test_a_stopped_qat_run_converts_and_the_export_command_reproduces_it(
     command = at.code[-1].value
     # Freeze steps differ from 60 % / 80 % of the 5 steps run (3, 4): they are spelled out.
     assert " --steps 5 --batch-size 16 --lr 0.0003 --optimizer sgd --freeze-bn-step 2 " \
-           "--freeze-observer-step 3 " in command  # fmt: skip
+           "--freeze-observer-step 3 --qat-keep last " in command  # fmt: skip
     _click(at, "export")
     assert not at.exception and not at.error
     saved = _load_pt2(state.exported_build[1].saved.path)
@@ -414,7 +422,8 @@ def test_digits_qat_from_the_page_lands_within_half_a_point_of_float(workspace: 
     drift = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
                  if "Quality during QAT" in c.proto.spec)  # fmt: skip
     star = next(t for t in drift["data"] if t["name"] == "int8 (converted)")
-    assert star["x"] == [120] and star["y"] == [comparison.int8_quality]
+    best = _state(at).qat_run.best["step"]  # Convert keeps the best evaluated state
+    assert star["x"] == [best] and star["y"] == [comparison.int8_quality]
     (reference,) = drift["layout"]["shapes"]
     assert reference["y0"] == comparison.float_quality  # the float model's line
 
@@ -555,9 +564,9 @@ def test_a_checkpointed_run_resumes_in_a_new_session_to_the_uninterrupted_result
     _click(at, "qat-checkpoint")
     assert not at.exception and not at.error
     run = state.qat_run
-    assert run.done and [r["step"] for r in run.history] == [3, 6, 9]
+    assert run.done and [r["step"] for r in run.history] == [0, 3, 6, 9]
     expected = train_qat(prepare(state.captured, state.recipe), state.data(), config,
-                         teacher=teacher).graph_module.state_dict()  # fmt: skip
+                         teacher=teacher, keep="last").graph_module.state_dict()  # fmt: skip
     got = run.model.state_dict()
     assert expected.keys() == got.keys()
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
@@ -796,13 +805,13 @@ def test_a_training_step_that_fails_keeps_the_run_and_resume_finishes_it(
     assert error.value.startswith("**Train 6 QAT steps failed unexpectedly:** `RuntimeError: boom")
     state = _state(at)
     run = state.qat_run
-    assert run.step_count == 4 and not run.done and [r["step"] for r in run.history] == [3]
+    assert run.step_count == 4 and not run.done and [r["step"] for r in run.history] == [0, 3]
     assert state.recipe.mode == "qat" and state.workspace.load_recipe(state.spec) == state.recipe
 
     monkeypatch.undo()
     _click(at, "qat-resume")
     assert not at.exception and not at.error
-    assert state.qat_run is run and run.done and [r["step"] for r in run.history] == [3, 6]
+    assert state.qat_run is run and run.done and [r["step"] for r in run.history] == [0, 3, 6]
 
 
 def test_a_missing_graphviz_and_a_failing_page_are_error_boxes(
