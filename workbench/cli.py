@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -357,10 +358,23 @@ def _quantize(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)  # no GPU for --device cuda: bad input, before any work
     context = start_distributed(device)  # under torchrun: this rank's place (see distributed.py)
+    previous = signal.getsignal(signal.SIGTERM)
+    if context is not None:
+        # torchrun stops the other ranks with SIGTERM when one fails: say so, don't just vanish.
+        signal.signal(signal.SIGTERM, functools.partial(_stopped_by_torchrun, context.rank))
     try:
         return _quantize_on(args, device, context)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         stop_distributed(context)
+
+
+def _stopped_by_torchrun(rank: int, *_: object) -> None:
+    raise WorkbenchError(
+        f"Rank {rank} was stopped by torchrun (SIGTERM): another rank failed.",
+        "See torchrun's summary for the rank that failed first; a --checkpoint-dir checkpoint "
+        "(rank 0 writes it) resumes on one process.",
+    )
 
 
 def _quantize_on(args: argparse.Namespace, device: str, context: DistributedContext | None) -> int:

@@ -45,7 +45,8 @@ def conv_bn() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return DigitsConvBN().eval(), (torch.rand(4, 1, 8, 8) * 16,)
 
 
-KILL_AFTER = 30  # training batches rank 1 reads (calibration's included) before it dies
+# Training batches rank 1 reads (calibration's included) before it dies.
+KILL_AFTER = int(os.environ.get("WORKBENCH_TEST_KILL_AFTER", "30"))
 _read = [0]  # training batches read so far by this process (this test file's own state)
 
 

@@ -33,7 +33,9 @@ from workbench.stages.distributed import (
     OBSERVER_RULE,
     DistributedQatRun,
     RankData,
+    checkpoint_origin,
     resolve_device,
+    same_run,
     start_distributed,
     torchrun_command,
     train_qat_distributed,
@@ -216,6 +218,14 @@ def test_cuda_without_a_gpu_is_a_plain_error() -> None:
     assert not Path("never.pt2").exists()
 
 
+def test_checkpoint_origin_and_same_run() -> None:
+    meta = {"spec": "m", "data": "digits", "world_size": 4, "backend": "nccl", "device": "cuda:0"}
+    assert checkpoint_origin(meta) == "trained on 4 nccl processes (cuda:0)"
+    assert checkpoint_origin({"spec": "m"}) is None and checkpoint_origin(None) is None
+    assert same_run(meta, {"spec": "m", "data": "digits"})
+    assert not same_run(meta, {"spec": "m", "data": "random"}) and not same_run(None, {})
+
+
 def test_torchrun_command() -> None:
     command = "python -m workbench quantize --model sample:digits_cnn --out model.pt2"
     assert torchrun_command(command, 4) == (
@@ -250,6 +260,18 @@ def test_torchrun_quantize_writes_a_pt2_and_a_report_on_rank_0(tmp_path: Path) -
         "report.json",
     ]
     assert done.stderr.count("wrote ") == 1  # rank 0 alone reports
+    # The cluster's checkpoint resumes on one process, as Train & convert resumes one.
+    checkpoint = tmp_path / "ckpt" / CHECKPOINT_NAME
+    found = QatRun.peek(checkpoint)
+    assert found is not None and found["step"] == 6
+    assert checkpoint_origin(found["meta"]) == "trained on 2 gloo processes (cpu)"
+    _, prepared, data = _prepared("conv_bn")
+    expected = {"spec": f"{MODELS}:conv_bn", "recipe": Recipe(mode="qat").to_json(),
+                "data": "digits", "eval_every": 0}  # fmt: skip
+    assert same_run(found["meta"], expected), found["meta"]
+    resumed = QatRun.resume(checkpoint, prepared, data.limited(128),
+                            QatRun.config_of(found["settings"]))  # fmt: skip
+    assert resumed.done and resumed.best is not None
 
 
 def _eval_copy(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -263,3 +285,32 @@ def _eval_copy(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def _errors(folder: Path) -> str:
     return "\n".join(p.read_text() for p in sorted(folder.glob("rank*.error")))
+
+
+@pytest.mark.slow
+def test_torchrun_with_a_killed_rank_says_so_and_keeps_a_checkpoint(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
+        "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m",
+        "workbench", "quantize", "--model", f"{MODELS}:mlp", "--mode", "qat", "--data",
+        f"{MODELS}:killed_rank", "--steps", "40", "--batch-size", "16", "--out",
+        str(tmp_path / "model.pt2"), "--checkpoint-dir", str(tmp_path / "ckpt"),
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "WORKBENCH_TEST_KILL_AFTER": "80",
+    }  # fmt: skip  (16 calibration batches read 32)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    assert done.returncode != 0
+    # Rank 0 sees the lost peer at its next all-reduce, unless torchrun's SIGTERM comes first.
+    lost = "error: Rank 0 of 2 lost the other processes at step 24"
+    stopped = "error: Rank 0 was stopped by torchrun (SIGTERM)"
+    assert lost in done.stderr or stopped in done.stderr, done.stderr[-3000:]
+    assert "(step 20) is kept" in done.stderr or stopped in done.stderr
+    assert "rank      : 1 (local_rank: 1)" in done.stderr  # torchrun's root cause
+    assert not (tmp_path / "model.pt2").exists()
+    found = QatRun.peek(tmp_path / "ckpt" / CHECKPOINT_NAME)
+    assert found is not None and found["step"] == 20 and found["meta"]["world_size"] == 2

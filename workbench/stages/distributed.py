@@ -61,9 +61,11 @@ __all__ = [
     "DistributedContext",
     "DistributedQatRun",
     "RankData",
+    "checkpoint_origin",
     "launched_by_torchrun",
     "local_context",
     "resolve_device",
+    "same_run",
     "start_distributed",
     "stop_distributed",
     "torchrun_command",
@@ -159,6 +161,22 @@ def stop_distributed(context: DistributedContext | None) -> None:
     """Leave the process group (a no-op without one)."""
     if context is not None and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def checkpoint_origin(meta: Mapping[str, Any] | None) -> str | None:
+    """What made a checkpoint, from `QatRun.peek(...)["meta"]`: "trained on 2 gloo processes
+    (cpu)" for a distributed run's, None for one process's."""
+    world = int((meta or {}).get("world_size", 1))
+    if world <= 1:
+        return None
+    return f"trained on {world} {meta['backend']} processes ({meta['device']})"  # type: ignore[index]
+
+
+def same_run(meta: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's meta matches `expected` on `expected`'s keys: a distributed
+    run's checkpoint (whose meta also says world size, backend and device) resumes where a
+    one-process one of the same model, recipe and data would."""
+    return meta is not None and all(meta.get(key) == value for key, value in expected.items())
 
 
 def torchrun_command(command: str, nproc_per_node: int = 2) -> str:
@@ -344,8 +362,13 @@ class DistributedQatRun(QatRun):
         return float(value.item()) / self.context.world_size
 
     def _calibrate(self) -> None:
-        with self._observers_synced():
-            super()._calibrate()
+        try:
+            with self._observers_synced():
+                super()._calibrate()
+        except RuntimeError as exc:
+            if not self._grouped or not _lost_peer(exc):
+                raise
+            raise self._lost(0, exc) from exc
 
     def step(self) -> dict[str, Any]:
         step = self.step_count + 1
@@ -360,12 +383,14 @@ class DistributedQatRun(QatRun):
             raise self._lost(step, exc) from exc
 
     def _lost(self, step: int, exc: BaseException) -> TrainingError:
-        good = int(self._good["step"])
-        where = (
-            f"rank 0's checkpoint {self.checkpoint_file} (step {good}) is kept"
-            if self.checkpoint_file is not None
-            else f"the last checkpoint step was {good} (no checkpoint folder was given)"
-        )
+        if not hasattr(self, "_good"):  # still calibrating: nothing trained, nothing saved
+            where = "nothing was trained or saved yet"
+        elif self.checkpoint_file is not None:
+            where = (
+                f"rank 0's checkpoint {self.checkpoint_file} (step {self._good['step']}) is kept"
+            )
+        else:
+            where = f"the last good step was {self._good['step']} (no checkpoint folder was given)"
         return TrainingError(
             f"Rank {self.context.rank} of {self.context.world_size} lost the other processes "
             f"at step {step} ({first_line(exc, limit=160)}): the run stopped; {where}.",
