@@ -227,11 +227,30 @@ def test_checkpoint_origin_and_same_run() -> None:
 
 
 def test_torchrun_command() -> None:
-    command = "python -m workbench quantize --model sample:digits_cnn --out model.pt2"
+    command = "python -m workbench quantize --model sample:digits_cnn --mode qat --out m.pt2"
     assert torchrun_command(command, 4) == (
         "torchrun --standalone --nproc-per-node 4 -m workbench quantize "
-        "--model sample:digits_cnn --out model.pt2"
+        "--model sample:digits_cnn --mode qat --out m.pt2 --checkpoint-dir checkpoints"
     )
+    assert torchrun_command(command, checkpoint_dir=None).endswith("--out m.pt2")
+    with pytest.raises(ValueError, match="PTQ"):
+        torchrun_command(command.replace("qat", "ptq"))
+
+
+def test_one_process_with_a_checkpoint_dir_writes_a_resumable_checkpoint(
+    tmp_path: Path,
+) -> None:
+    from workbench.cli import EXIT_OK, main
+
+    argv = ["quantize", "--model", f"{MODELS}:mlp", "--mode", "qat", "--steps", "12",
+            "--eval-samples", "64", "--device", "auto", "--checkpoint-dir",
+            str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.pt2"), "--report",
+            str(tmp_path / "r.json"), "--quiet"]  # fmt: skip
+    assert main(argv) == EXIT_OK
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["device"] == "cpu" and "distributed" not in report
+    found = QatRun.peek(tmp_path / "ckpt" / CHECKPOINT_NAME)
+    assert found is not None and found["step"] == 12 and checkpoint_origin(found["meta"]) is None
 
 
 @pytest.mark.slow

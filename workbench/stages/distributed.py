@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,14 +180,23 @@ def same_run(meta: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> boo
     return meta is not None and all(meta.get(key) == value for key, value in expected.items())
 
 
-def torchrun_command(command: str, nproc_per_node: int = 2) -> str:
-    """`python -m workbench quantize ...` as the torchrun command that runs it on
+def torchrun_command(
+    command: str, nproc_per_node: int = 2, *, checkpoint_dir: str | None = "checkpoints"
+) -> str:
+    """`python -m workbench quantize --mode qat ...` as the torchrun command that runs it on
     `nproc_per_node` processes of this machine (gloo on the CPU; add --device cuda for one
-    GPU per process). --batch-size stays the global batch."""
+    GPU per process); --batch-size stays the global batch. `checkpoint_dir` is added as
+    --checkpoint-dir unless the command has one (None: not added), so what the cluster
+    trained can be resumed or inspected on one process. Raises ValueError for PTQ, which
+    torchrun refuses."""
     prefix = "python -m workbench "
     if not command.startswith(prefix):
         raise ValueError(f"not a workbench command: {command!r}")
+    if " --mode ptq" in command:
+        raise ValueError("PTQ runs on one process: only QAT commands have a torchrun form")
     rest = command[len(prefix) :]
+    if checkpoint_dir is not None and "--checkpoint-dir" not in rest:
+        rest += f" --checkpoint-dir {shlex.quote(checkpoint_dir)}"
     return f"torchrun --standalone --nproc-per-node {nproc_per_node} -m workbench {rest}"
 
 
