@@ -77,6 +77,12 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 
 
 @pytest.mark.slow
+def _calls(model: torch.fx.GraphModule) -> list[tuple[str, list[object]]]:
+    """Each call's target and its literal (non-node) arguments, in graph order."""
+    return [(str(n.target), [a for a in n.args if not isinstance(a, torch.fx.Node)])
+            for n in model.graph.nodes if n.op == "call_function"]  # fmt: skip
+
+
 def test_resume_gives_the_uninterrupted_result(
     qat_stage: Stage, digits_data: Dataset, tmp_path: Path
 ) -> None:
@@ -112,7 +118,9 @@ def test_resume_gives_the_uninterrupted_result(
     torch.testing.assert_close(
         whole.recorder._buffer, resumed.recorder._buffer, rtol=0, atol=0, equal_nan=True
     )
-    assert resumed.model.code == whole.model.code  # BN frozen in both graphs
+    # The same calls with the same literals (BN frozen in both graphs); torchao's train/eval
+    # switches rename nodes, and the two runs switched a different number of times.
+    assert _calls(resumed.model) == _calls(whole.model)
 
     # The trained stage converts and keeps its accuracy.
     assert trained.name == "trained" and trained.ranges is not None
@@ -144,10 +152,10 @@ def test_evaluation_leaves_the_model_alone(qat_stage: Stage, digits_data: Datase
     run = QatRun(qat_stage, digits_data, dataclasses.replace(CONFIG, eval_every=0))
     run.step()
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
-    code = run.model.code
+    calls = _calls(run.model)
     record = run.evaluate()
     assert_same_state(run.model.state_dict(), before)
-    assert run.model.code == code
+    assert _calls(run.model) == calls
     assert all(int(v) == 1 for k, v in before.items() if k.endswith("observer_enabled"))
     assert record["step"] == 1 and record["quality"] == "accuracy"
     assert 0.0 <= record["fake_quant"] <= 100.0 and record["float"] > 90.0

@@ -20,12 +20,14 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e import (
     disable_observer,
     move_exported_model_to_eval,
+    move_exported_model_to_train,
 )
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
 from workbench.data.datasets import Dataset
 from workbench.data.task import Task
 from workbench.errors import InputShapeError, first_line
+from workbench.graph.nodes import call_arguments, is_batch_norm
 from workbench.graph.view import describe
 from workbench.locks import EXPORT_LOCK
 from workbench.model.capture import CapturedModel
@@ -39,6 +41,7 @@ __all__ = [
     "QDQ_STAGE",
     "StepProgress",
     "StopRequested",
+    "batch_norm_literals",
     "calibrate",
     "call",
     "convert",
@@ -46,7 +49,10 @@ __all__ = [
     "evaluate",
     "exported_stage",
     "prepare",
+    "restore_batch_norm_literals",
     "run",
+    "to_eval",
+    "to_train",
 ]
 
 # Told after each unit of work (a calibration batch, a training step, a sensitivity run):
@@ -62,13 +68,76 @@ def exported_stage(captured: CapturedModel) -> Stage:
     )
 
 
+# The (momentum, eps) of each batch_norm of the captured graph, in graph order, kept in a
+# prepared module's meta under this key: torchao's QAT conv-bn fusion and its train/eval switches
+# rebuild batch_norm calls from pattern graphs carrying the defaults (eps 1e-5, momentum 0.1),
+# so a model with eps 1e-3 (transformers' MobileNetV2) trains and converts another model.
+_BN_LITERALS = "_workbench_batch_norm_literals"
+
+
+def batch_norm_literals(gm: GraphModule) -> list[tuple[Any, Any]]:
+    """(momentum, eps) of every batch_norm call of `gm`, in graph order."""
+    found = []
+    for node in gm.graph.nodes:
+        if is_batch_norm(node):
+            named = call_arguments(node)
+            found.append((named.get("momentum"), named.get("eps")))
+    return found
+
+
+def restore_batch_norm_literals(gm: GraphModule) -> int:
+    """Put back the captured graph's momentum and eps on each batch_norm call (graph order,
+    when the counts match); the number of calls changed."""
+    literals = getattr(gm, "meta", {}).get(_BN_LITERALS)
+    nodes = [n for n in gm.graph.nodes if is_batch_norm(n)]
+    if not literals or len(literals) != len(nodes):
+        return 0
+    changed = 0
+    for node, values in zip(nodes, literals, strict=True):
+        schema = getattr(node.target, "_schema", None)
+        if schema is None:
+            continue
+        names = [a.name for a in schema.arguments]
+        args = list(node.args)
+        for name, value in zip(("momentum", "eps"), values, strict=True):
+            if value is None or name not in names:
+                continue
+            index = names.index(name)
+            if index < len(args) and args[index] != value:
+                args[index] = value
+                changed += 1
+            elif index >= len(args) and node.kwargs.get(name, value) != value:
+                node.kwargs = {**node.kwargs, name: value}
+                changed += 1
+        node.args = tuple(args)
+    if changed:
+        gm.recompile()
+    return changed
+
+
+def to_eval(model: GraphModule) -> None:
+    """torchao's move_exported_model_to_eval, the captured batch_norm literals kept."""
+    move_exported_model_to_eval(model)
+    restore_batch_norm_literals(model)
+
+
+def to_train(model: GraphModule) -> None:
+    """torchao's move_exported_model_to_train, the captured batch_norm literals kept."""
+    move_exported_model_to_train(model)
+    restore_batch_norm_literals(model)
+
+
 def prepare(captured: CapturedModel, recipe: Recipe) -> Stage:
-    """Annotate with the recipe and insert observers (PTQ) or fake quantizers (QAT)."""
+    """Annotate with the recipe and insert observers (PTQ) or fake quantizers (QAT).
+
+    The captured batch_norm literals (momentum, eps) are restored after prepare and after
+    every train/eval switch (`to_train`, `to_eval`), which torchao resets to its defaults."""
     view = describe(captured.graph_module(), stage="exported")
     validate(recipe, view)
     quantizer = RecipeQuantizer(recipe, view)
     start = time.perf_counter()
     gm = captured.graph_module()
+    literals = batch_norm_literals(gm)
     with EXPORT_LOCK:  # torchao exports pattern graphs inside
         if recipe.mode == "qat":
             prepared = prepare_qat_pt2e(gm, quantizer)
@@ -76,6 +145,8 @@ def prepare(captured: CapturedModel, recipe: Recipe) -> Stage:
         else:
             prepared = prepare_pt2e(gm, quantizer)
             how = f"prepare_pt2e ({recipe.backend})"
+    prepared.meta[_BN_LITERALS] = literals  # GraphModule.meta survives deepcopy
+    restore_batch_norm_literals(prepared)
     return Stage(
         "prepared", prepared, how, time.perf_counter() - start, recipe, dict(quantizer.applied)
     )
@@ -98,7 +169,7 @@ def calibrate(
     """
     model = stage.copy_module()
     with EXPORT_LOCK:
-        move_exported_model_to_eval(model)
+        to_eval(model)
     recorder = RangeRecorder(model, batches) if record_ranges else None
     start = time.perf_counter()
     done = 0
@@ -131,9 +202,9 @@ def convert(stage: Stage, *, reference: bool | None = None) -> Stage:
     model = stage.copy_module()
     start = time.perf_counter()
     with EXPORT_LOCK:
-        move_exported_model_to_eval(model)
+        to_eval(model)
         converted = convert_pt2e(model, use_reference_representation=reference, fold_quantize=True)
-        move_exported_model_to_eval(converted)
+        to_eval(converted)
     how = "convert_pt2e" + (" (reference representation)" if reference else "")
     return Stage(
         "converted", converted, how, time.perf_counter() - start, stage.recipe, stage.applied

@@ -43,8 +43,6 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e import (
     disable_fake_quant,
     disable_observer,
-    move_exported_model_to_eval,
-    move_exported_model_to_train,
 )
 
 from workbench.data.datasets import Batch, Dataset
@@ -52,7 +50,7 @@ from workbench.errors import WorkbenchError
 from workbench.locks import EXPORT_LOCK
 from workbench.stages.ranges import RangeRecorder
 from workbench.stages.stage import Stage
-from workbench.stages.steps import StepProgress, StopRequested, call, evaluate
+from workbench.stages.steps import StepProgress, StopRequested, call, evaluate, to_eval, to_train
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -179,7 +177,7 @@ class QatRun:
         """A fresh model, optimizer, recorder and batch stream at step 0."""
         self.model: GraphModule = self.source.copy_module()
         with EXPORT_LOCK:
-            move_exported_model_to_train(self.model)
+            to_train(self.model)
         # What the training forward calls: the model, or a wrapper of it (distributed.py's DDP).
         self.trainer: torch.nn.Module = self.model
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -204,10 +202,10 @@ class QatRun:
             return
         batches = self.data.train_batches(self.config.batch_size, seed=self.config.seed)
         with EXPORT_LOCK, torch.no_grad():
-            move_exported_model_to_eval(self.model)
+            to_eval(self.model)
             for batch in itertools.islice(batches, count):
                 call(self.model, batch.inputs)
-            move_exported_model_to_train(self.model)
+            to_train(self.model)
 
     @property
     def done(self) -> bool:
@@ -471,7 +469,7 @@ class QatRun:
         the best."""
         model = copy.deepcopy(self.model)
         with EXPORT_LOCK:
-            move_exported_model_to_eval(model)
+            to_eval(model)
         model.apply(disable_observer)
         fake_quant = evaluate(model, self.data, teacher=self.teacher)
         model.apply(disable_fake_quant)
@@ -525,7 +523,7 @@ class QatRun:
         else:
             model = copy.deepcopy(self.model)
         with EXPORT_LOCK:
-            move_exported_model_to_eval(model)
+            to_eval(model)
         recorder = None
         if self.recorder is not None:
             recorder = RangeRecorder(model, self.recorder.capacity)
@@ -545,7 +543,7 @@ class QatRun:
         """A new module from the stage holding `state`, the model state of `step`."""
         model = self.source.copy_module()
         with EXPORT_LOCK:
-            move_exported_model_to_train(model)
+            to_train(model)
         if step > self.config.bn_freeze_at:
             freeze_bn_(model)
         model.load_state_dict(state)
