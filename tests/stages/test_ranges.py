@@ -60,7 +60,8 @@ def test_train_qat_records_every_step(captured: dict[str, CapturedModel]) -> Non
     cap = captured["digits_cnn"]
     data = load_data("digits", cap.signature)
     prepared = prepare(cap, Recipe(mode="qat"))
-    trained = train_qat(prepared, data, QatConfig(steps=6, batch_size=32), record_ranges=True)
+    trained = train_qat(prepared, data, QatConfig(steps=6, batch_size=32), record_ranges=True,
+                        keep="last")  # fmt: skip
     ranges = trained.ranges
     assert ranges is not None and ranges.count == 6
     assert ranges.steps.tolist() == [1, 2, 3, 4, 5, 6]

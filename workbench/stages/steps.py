@@ -8,19 +8,21 @@ these steps in `workbench.stages.training`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e import (
     disable_observer,
     move_exported_model_to_eval,
     move_exported_model_to_train,
+    qat_utils,
 )
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
@@ -87,7 +89,9 @@ def batch_norm_literals(gm: GraphModule) -> list[tuple[Any, Any]]:
 
 def restore_batch_norm_literals(gm: GraphModule) -> int:
     """Put back the captured graph's momentum and eps on each batch_norm call (graph order,
-    when the counts match); the number of calls changed."""
+    when the counts match), and the eps of the QAT pattern's sqrt(running_var + eps) that
+    scales the weight before its fake quantize; the number of literals changed. Each
+    batch_norm node also carries its eps in `meta`, for convert's fold (`convert`)."""
     literals = getattr(gm, "meta", {}).get(_BN_LITERALS)
     nodes = [n for n in gm.graph.nodes if is_batch_norm(n)]
     if not literals or len(literals) != len(nodes):
@@ -97,6 +101,8 @@ def restore_batch_norm_literals(gm: GraphModule) -> int:
         schema = getattr(node.target, "_schema", None)
         if schema is None:
             continue
+        node.meta[_BN_EPS] = values[1]
+        changed += _restore_running_std_eps(node, values[1])
         names = [a.name for a in schema.arguments]
         args = list(node.args)
         for name, value in zip(("momentum", "eps"), values, strict=True):
@@ -113,6 +119,50 @@ def restore_batch_norm_literals(gm: GraphModule) -> int:
     if changed:
         gm.recompile()
     return changed
+
+
+_BN_EPS = "workbench_batch_norm_eps"  # node.meta key: the model's eps of a batch_norm
+
+
+def _restore_running_std_eps(bn: Node, eps: Any) -> int:
+    """In torchao's QAT conv-bn pattern, sqrt(running_var + 1e-5) scales the weight before its
+    fake quantize: give that add the model's eps too."""
+    running_var = call_arguments(bn).get("running_var")
+    if not isinstance(running_var, Node) or not isinstance(eps, float):
+        return 0
+    changed = 0
+    for user in list(running_var.users):
+        if user.target is torch.ops.aten.add.Tensor and len(user.args) == 2 and isinstance(
+            user.args[1], float) and user.args[1] != eps:  # fmt: skip
+            user.args = (user.args[0], eps)
+            changed += 1
+    return changed
+
+
+@contextlib.contextmanager
+def _fold_with_the_models_eps() -> Iterator[None]:
+    """convert_pt2e folds each QAT conv-bn with a batch_norm node from its replacement
+    pattern, whose eps is 1e-5 whatever the model's; the node carries the original's meta,
+    so the model's eps (`_BN_EPS`) is set on it just before torchao folds it."""
+    original = qat_utils.fold_bn_weights_into_conv_node
+
+    def fold(conv_node: Node, conv_weight: Node, conv_bias: Node | None, bn_node: Node,
+             m: GraphModule) -> None:  # fmt: skip
+        eps = bn_node.meta.get(_BN_EPS)
+        schema = getattr(bn_node.target, "_schema", None)
+        if isinstance(eps, float) and schema is not None:
+            names = [a.name for a in schema.arguments]
+            args = list(bn_node.args)
+            if "eps" in names and names.index("eps") < len(args):
+                args[names.index("eps")] = eps
+                bn_node.args = tuple(args)
+        original(conv_node, conv_weight, conv_bias, bn_node, m)
+
+    qat_utils.fold_bn_weights_into_conv_node = fold
+    try:
+        yield
+    finally:
+        qat_utils.fold_bn_weights_into_conv_node = original
 
 
 def to_eval(model: GraphModule) -> None:
@@ -203,7 +253,10 @@ def convert(stage: Stage, *, reference: bool | None = None) -> Stage:
     start = time.perf_counter()
     with EXPORT_LOCK:
         to_eval(model)
-        converted = convert_pt2e(model, use_reference_representation=reference, fold_quantize=True)
+        with _fold_with_the_models_eps():
+            converted = convert_pt2e(
+                model, use_reference_representation=reference, fold_quantize=True
+            )
         to_eval(converted)
     how = "convert_pt2e" + (" (reference representation)" if reference else "")
     return Stage(
