@@ -26,6 +26,7 @@ from workbench.artifacts.model_explorer import write_node_data
 from workbench.artifacts.report import reproduce_command
 from workbench.jobs import Job
 from workbench.stages.build import BuildResult, export_stages
+from workbench.stages.distributed import torchrun_command
 from workbench.stages.training import qat_summary
 
 
@@ -248,9 +249,9 @@ command = reproduce_command(state.spec, "recipe.json", mode, schedule.data_spec,
 if mode == "qat":
     st.caption("On several processes (DistributedDataParallel: gloo on the CPU, NCCL with "
                "--device cuda; --batch-size is the global batch, each rank trains its share; "
-               "rank 0 writes the files):")  # fmt: skip
-    st.code(command.replace("python -m workbench", "torchrun --nproc-per-node 2 -m workbench",
-                            1), language="bash", wrap_lines=True)  # fmt: skip
+               "rank 0 writes the files and a checkpoint that resumes on one process, here "
+               "too):")  # fmt: skip
+    st.code(torchrun_command(command, 2), language="bash", wrap_lines=True)
 st.code(command, language="bash", wrap_lines=True)
 if current is None:
     st.caption("With the defaults the conversion button above would use.")

@@ -57,6 +57,7 @@ from workbench.drawing.charts import (
 from workbench.jobs import Job
 from workbench.quantization.editing import set_override
 from workbench.quantization.recipe import Recipe, check_output
+from workbench.stages.distributed import checkpoint_origin, same_run
 from workbench.stages.ranges import FakeQuantInfo
 from workbench.stages.steps import exported_stage, prepare
 from workbench.stages.training import CHECKPOINT_NAME, QatConfig, QatRun, qat_lines, qat_summary
@@ -354,18 +355,36 @@ def _checkpoint_button(state: AppState) -> None:
     """Offer to resume the workspace's checkpoint of this model and recipe (a run of an
     earlier session or server) as a training job."""
     folder = _checkpoint_folder(state)
-    found = QatRun.peek(folder / CHECKPOINT_NAME)
+    _resume_button(state, folder / CHECKPOINT_NAME, key="qat-checkpoint")
+    with st.expander("Resume a checkpoint file (the CLI's or torchrun's --checkpoint-dir)"):
+        text = st.text_input(f"Path to {CHECKPOINT_NAME}", key="qat-checkpoint-path",
+                             placeholder=f"checkpoints/{CHECKPOINT_NAME}")  # fmt: skip
+        if text.strip():
+            path = Path(text.strip()).expanduser()
+            if not _resume_button(state, path, key="qat-checkpoint-file"):
+                st.error(f"{path} is not a QAT checkpoint of this workbench version for this "
+                         "model, recipe and data.")  # fmt: skip
+
+
+def _resume_button(state: AppState, path: Path, *, key: str) -> bool:
+    """A button resuming `path` when it is a checkpoint of this model, recipe and data (a
+    distributed run's too: it resumes on this one process); whether it was offered."""
+    found = QatRun.peek(path)
     if found is None or not found["meta"] or not found["step"]:
-        return
+        return False
     meta, settings = found["meta"], found["settings"]
-    if meta != _run_meta(state, int(meta.get("eval_every", 0))):
-        return  # another recipe or data: Start trains afresh
+    if not same_run(meta, _run_meta(state, int(meta.get("eval_every", 0)))):
+        return False  # another recipe or data: Start trains afresh
     done, steps = int(found["step"]), int(settings["steps"])
     label = (f"Resume checkpoint (step {done} of {steps})" if done < steps
              else f"Load checkpoint ({steps} steps, done)")  # fmt: skip
-    start_button(state, "train", label,
-                 lambda: start_training(state, checkpoint=folder / CHECKPOINT_NAME),
-                 key="qat-checkpoint", primary=False, help=f"Saved in {folder}")  # fmt: skip
+    origin = checkpoint_origin(meta)
+    start_button(state, "train", label, lambda: start_training(state, checkpoint=path),
+                 key=key, primary=False,
+                 help=f"Saved in {path.parent}" + (f"; {origin}" if origin else ""))  # fmt: skip
+    if origin:
+        st.caption(f"This checkpoint was {origin}; it resumes here on one process.")
+    return True
 
 
 def pick_quantizer(quantizers: list[FakeQuantInfo], label: str, key: str) -> FakeQuantInfo:

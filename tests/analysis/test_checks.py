@@ -28,7 +28,7 @@ def effective(captured: dict[str, CapturedModel], recipe: Recipe, view: GraphVie
 
 def qat_stages(model: CapturedModel, data: Any, recipe: Recipe) -> dict[str, Stage]:
     prepared = prepare(model, recipe)
-    trained = train_qat(prepared, data, QatConfig(steps=8, batch_size=32))
+    trained = train_qat(prepared, data, QatConfig(steps=8, batch_size=32), keep="last")
     return {"exported": exported_stage(model), "trained": trained, "converted": convert(trained)}
 
 

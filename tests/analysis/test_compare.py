@@ -650,7 +650,9 @@ def test_cli_qat_flags_reach_the_build(
     written = json.loads(report.read_text(encoding="utf-8"))
     trained = written["stages"]["trained"]
     assert trained["created_by"] == "QAT: 4 steps of 16 from digits"
-    assert trained["notes"] == []
+    assert trained["notes"] == [
+        f"kept the best evaluated state, step {written['qat']['kept']['step']} of 4"
+    ]
     assert written["recipe"]["mode"] == "qat"
     assert written["reload_check"]["bit_equal"] is True
 
@@ -673,7 +675,7 @@ def test_cli_qat_flags_reach_the_build(
     default = QatConfig(steps=4, batch_size=16)
     prepared = same.stages["prepared"]
     float_module = same.stages["exported"].graph_module
-    other = convert(train_qat(prepared, digits_data, default, teacher=float_module))
+    other = convert(train_qat(prepared, digits_data, default, teacher=float_module, keep="last"))
     with torch.no_grad():
         assert not torch.equal(inputs.call(other.graph_module), in_process)
 
@@ -691,7 +693,8 @@ def test_after_qat_the_sqnr_reference_is_the_trained_float_model(
     exported = exported_stage(model)
     prepared = prepare(model, dataclasses.replace(Recipe(), mode="qat"))
     config = QatConfig(steps=6, batch_size=32, lr=1e-2)  # a large step: the weights move
-    trained = train_qat(prepared, digits_data, config, teacher=exported.graph_module)
+    trained = train_qat(prepared, digits_data, config, teacher=exported.graph_module,
+                        keep="last")  # fmt: skip
     reference = trained_float(exported, trained)
     trained_state = trained.graph_module.state_dict()
     moved = 0

@@ -27,7 +27,7 @@ def qat(captured: dict[str, CapturedModel], digits_data: Any) -> dict[str, Stage
     """Digits CNN through QAT (default recipe, 8 steps of 32, default freeze schedule)."""
     model = captured["digits_cnn"]
     prepared = prepare(model, Recipe(mode="qat"))
-    trained = train_qat(prepared, digits_data, QatConfig(steps=8, batch_size=32))
+    trained = train_qat(prepared, digits_data, QatConfig(steps=8, batch_size=32), keep="last")
     return {"exported": exported_stage(model), "trained": trained, "converted": convert(trained)}
 
 
@@ -75,9 +75,9 @@ def test_qat_fold_uses_the_trained_statistics(qat: dict[str, Stage], sample: Mod
     reports = fold_reports(qat["trained"].graph_module, converted, sample)
     show("QAT (BN statistics and weights of the trained model)", reports)
     assert [r.conv for r in reports] == CONVS
-    # QAT's train/eval switch re-creates batch_norm nodes from a pattern graph.
-    assert [r.bn for r in reports] == ["batch_norm_11", "batch_norm_12", "batch_norm_13",
-                                       "batch_norm_14"]  # fmt: skip
+    # QAT's train/eval switch re-creates batch_norm nodes from a pattern graph (renumbered at
+    # each switch); the modules they belong to say which is which.
+    assert len(reports) == 4 and all(r.bn.startswith("batch_norm") for r in reports)
     assert [r.bn_module for r in reports] == BN_MODULES
     assert [r.converted_conv for r in reports] == ["conv2d", "conv2d_8", "conv2d_9",
                                                    "conv2d_10"]  # fmt: skip

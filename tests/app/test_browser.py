@@ -201,7 +201,7 @@ def test_stop_keeps_the_run_and_resume_continues(server: str, page) -> None:  # 
     page.get_by_text("(stopped)").first.wait_for(timeout=30_000)
     # The page's last script run is complete once the note under the charts is drawn; read
     # the steps only then (a loaded machine may still be drawing the stopped run).
-    note = page.get_by_text(re.compile(r"^Convert uses the model as it is at step \d+\.$"))
+    note = page.get_by_text(re.compile(r"^the last state \(step \d+\)$"))  # Convert's choice
     try:
         note.wait_for(timeout=60_000)
     finally:
@@ -209,7 +209,7 @@ def test_stop_keeps_the_run_and_resume_continues(server: str, page) -> None:  # 
     page.wait_for_timeout(2_000)  # nothing trains while stopped
     stopped, total, _ = _steps_done(page)
     assert total == 20_000 and 30 <= stopped < total
-    assert note.text_content() == f"Convert uses the model as it is at step {stopped}."
+    assert note.text_content() == f"the last state (step {stopped})"
 
     page.get_by_role("button", name="Resume").click()
     page.get_by_text("(training…)").first.wait_for(timeout=30_000)
@@ -265,7 +265,7 @@ def test_whole_journey_annotate_train_convert_sqnr_export(  # type: ignore[no-un
     partial = sorted({n for n in lengths if 0 < n < 120})
     assert len(partial) >= 2, f"the loss chart was not redrawn during training: {partial}"
     drift = page.evaluate(_TRACE_NAMES, "Quality during QAT")
-    assert drift == ["float", "fake-quant"]
+    assert drift == ["float", "fake-quant", "start / best / last"]
     page.screenshot(path=str(ARTIFACTS / "train_charts.png"), full_page=True)
 
     page.get_by_role("button", name="Convert").click()

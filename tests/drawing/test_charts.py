@@ -74,7 +74,7 @@ def test_accuracy_drift_and_loss(qat_run: QatRun) -> None:
     history = qat_run.train_history()
     figure = accuracy_drift_figure(history)
     assert len(figure.data) == 2
-    assert list(figure.data[0].x) == [2, 4]
+    assert list(figure.data[0].x) == [0, 2, 4]  # 0: the calibrated start
     assert list(figure.data[0].y) == [h["float"] for h in qat_run.history]
     assert list(figure.data[1].y) == [h["fake_quant"] for h in qat_run.history]
     assert figure.layout.yaxis.title.text == "accuracy (%)"
