@@ -266,7 +266,7 @@ def qat_section(state: AppState, converted: Converted | None) -> Callable[[], Tu
             st.warning(f"QAT ended worse than its calibrated start: {_quality_moves(summary)} "
                        "Convert keeps the best state by default; lower the learning rate or "
                        "train fewer steps to do better.")  # fmt: skip
-    keep = st.radio("Convert", ["best", "last"], horizontal=True, key="qat-keep",
+    keep = st.radio("State to convert", ["best", "last"], horizontal=True, key="qat-keep",
                     format_func=lambda k: {"best": "the best evaluated state (default)",
                                            "last": f"the last state (step {run.step_count})"}[k],
                     help="Every evaluation, the calibrated start (step 0) included, keeps its "

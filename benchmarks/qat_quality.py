@@ -119,8 +119,11 @@ def _agreement(model: torch.nn.Module, teacher: torch.nn.Module, data: Dataset) 
     return round(100.0 * same / total, 2)
 
 
-def compare(name: str, steps: int, *, eval_every: int = 5, lr: float = 1e-4) -> dict[str, Any]:
-    """PTQ, the bare loop and the workbench (before and with its defaults) on model `name`."""
+def compare(
+    name: str, steps: int, *, eval_every: int = 5, lr: float = 1e-4, before: bool = True
+) -> dict[str, Any]:
+    """PTQ, the bare loop and the workbench (before, unless `before` is False, and with its
+    defaults) on model `name`."""
     warnings.filterwarnings("ignore")
     model, example = getattr(load_models(), name)()
     captured = capture(f"{MODELS}:{name}")
@@ -135,10 +138,11 @@ def compare(name: str, steps: int, *, eval_every: int = 5, lr: float = 1e-4) -> 
     config = QatConfig(steps=steps, lr=lr)
     result["bare"] = bare_qat(model, example, data, config)
     prepared = prepare(captured, Recipe(mode="qat"))
-    for label, run_config, keep in (
-        ("workbench_before", dataclasses.replace(config, calibration_batches=0), "last"),
-        ("workbench", config, "best"),
-    ):
+    runs = [("workbench", config, "best")]
+    if before:
+        runs.insert(0, ("workbench_before", dataclasses.replace(config, calibration_batches=0),
+                        "last"))  # fmt: skip
+    for label, run_config, keep in runs:
         run = QatRun(prepared, data, run_config, teacher=teacher, eval_every=eval_every,
                      record_ranges=False).run()  # fmt: skip
         stage = run.stage(keep)

@@ -268,7 +268,7 @@ def test_whole_journey_annotate_train_convert_sqnr_export(  # type: ignore[no-un
     assert drift == ["float", "fake-quant", "start / best / last"]
     page.screenshot(path=str(ARTIFACTS / "train_charts.png"), full_page=True)
 
-    page.get_by_role("button", name="Convert").click()
+    page.get_by_role("button", name=re.compile(r"^Convert")).click()
     page.get_by_text("int8 against float").first.wait_for(timeout=120_000)
     page.wait_for_function(
         f"() => ({_TRACE_NAMES})('Quality during QAT')?.includes('int8 (converted)')",
@@ -352,7 +352,7 @@ def test_hf_resnet_load_calibrate_convert_export(server: str, page, tmp_path: Pa
     page.get_by_role("link", name="Train & convert").click()
     page.get_by_role("button", name="Calibrate").click()
     page.get_by_text("calibrate: 16 batches of 64 from random").first.wait_for(timeout=120_000)
-    page.get_by_role("button", name="Convert").click()
+    page.get_by_role("button", name=re.compile(r"^Convert")).click()
     page.get_by_text("int8 agreement").first.wait_for(timeout=120_000)
     page.screenshot(path=str(ARTIFACTS / "hf_resnet_train.png"), full_page=True)
 
@@ -536,7 +536,7 @@ def test_calibration_survives_page_changes_and_diff_and_export_recompute_nothing
     page.screenshot(path=str(ARTIFACTS / "job_in_sidebar.png"), full_page=True)
     page.get_by_role("link", name="Train & convert").click()
     page.get_by_text("calibrate: 400 batches of 64 from random").first.wait_for(timeout=600_000)
-    page.get_by_role("button", name="Convert").click()
+    page.get_by_role("button", name=re.compile(r"^Convert")).click()
     page.get_by_text("int8 agreement").first.wait_for(timeout=300_000)
 
     page.get_by_role("link", name="Diff").click()
@@ -586,7 +586,7 @@ def test_two_sessions_building_at_once_each_download_their_own_file(  # type: ig
         _set_number(tab, "Calibration batches", batches)
         tab.get_by_role("button", name="Calibrate").click()
         tab.get_by_text(f"calibrate: {batches} batches of 64").first.wait_for(timeout=120_000)
-        tab.get_by_role("button", name="Convert").click()
+        tab.get_by_role("button", name=re.compile(r"^Convert")).click()
         tab.get_by_text("int8 accuracy").first.wait_for(timeout=120_000)
         tab.get_by_role("link", name="Export").click()
         tab.get_by_role("button", name="Build model.pt2").wait_for(timeout=60_000)
