@@ -387,13 +387,7 @@ def test_the_graph_colours_nodes_by_where_the_pte_runs_them(server: str, page) -
     the folded batch norms not in the program."""
     from workbench.drawing.overlays import PLACEMENT_COLOURS
 
-    page.set_viewport_size({"width": 1500, "height": 1600})
-    page.goto(server)
-    page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
-    page.get_by_role("link", name="Recipe").click()
-    page.get_by_text("quantizable nodes").first.wait_for(timeout=60_000)
-    _choose(page, "Backend", "xnnpack")
-    _recipe_is(page, "PTQ with xnnpack")
+    _open_with_xnnpack(page, server)
     page.get_by_role("link", name="Export").click()
     page.get_by_role("button", name=re.compile("then convert")).click()
     build = page.get_by_role("button", name=re.compile(r"^Build model\.pte"))
@@ -451,13 +445,7 @@ def test_the_mixed_precision_search_to_its_recipe_on_the_graph(server: str, page
 def test_the_diff_between_the_qdq_and_the_reference_forms(server: str, page) -> None:  # type: ignore[no-untyped-def]
     """xnnpack with the reference representation ticked on Train & convert; the Diff page
     compares the q/dq form with the reference form and names the integer ops introduced."""
-    page.set_viewport_size({"width": 1500, "height": 1600})
-    page.goto(server)
-    page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
-    page.get_by_role("link", name="Recipe").click()
-    page.get_by_text("quantizable nodes").first.wait_for(timeout=60_000)
-    _choose(page, "Backend", "xnnpack")
-    _recipe_is(page, "PTQ with xnnpack")
+    _open_with_xnnpack(page, server)
     page.get_by_role("link", name="Train & convert").click()
     page.get_by_role("button", name=re.compile(r"^Calibrate")).wait_for(timeout=60_000)
     page.get_by_text("Reference representation", exact=True).click()
@@ -475,6 +463,17 @@ def test_the_diff_between_the_qdq_and_the_reference_forms(server: str, page) -> 
     assert "round ×9" in text and "quantize_per_tensor ×10" in text  # introduced, removed
     page.locator("svg g.node").first.wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "diff_reference_representation.png"), full_page=True)
+
+
+def _open_with_xnnpack(page, server: str) -> None:  # type: ignore[no-untyped-def]
+    """The app on a tall page with the recipe's backend set to xnnpack on the Recipe page."""
+    page.set_viewport_size({"width": 1500, "height": 1600})
+    page.goto(server)
+    page.locator('g.node[id="conv2d"]').wait_for(timeout=90_000)
+    page.get_by_role("link", name="Recipe").click()
+    page.get_by_text("quantizable nodes").first.wait_for(timeout=60_000)
+    _choose(page, "Backend", "xnnpack")
+    _recipe_is(page, "PTQ with xnnpack")
 
 
 def _load_python_spec(page, spec: str) -> None:  # type: ignore[no-untyped-def]
