@@ -67,8 +67,10 @@ def show_jobs(state: AppState) -> None:
     with st.sidebar:
         if state.spec is not None:
             rules = len(state.recipe.overrides)
+            form = ", reference representation" if state.recipe.reference_representation else ""
             st.caption(f"{state.spec} · recipe: {state.recipe.mode.upper()} with "
-                       f"{state.recipe.backend}, {rules} rule{'s' * (rules != 1)}")  # fmt: skip
+                       f"{state.recipe.backend}, {rules} rule{'s' * (rules != 1)}"
+                       f"{form}")  # fmt: skip
         panel()
 
 
