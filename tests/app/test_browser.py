@@ -226,7 +226,7 @@ def test_stop_keeps_the_run_and_resume_continues(server: str, page) -> None:  # 
 def test_whole_journey_annotate_train_convert_sqnr_export(  # type: ignore[no-untyped-def]
     app_server: tuple[str, Path], page, tmp_path: Path
 ) -> None:
-    """Load the sample, keep one node float, QAT 120 steps watching the charts, convert, colour
+    """Load the sample, keep one node float, QAT 300 steps watching the charts, convert, colour
     the graph by SQNR, export, and check the downloaded .pt2 against the app's own model."""
     import torch
 
@@ -255,19 +255,24 @@ def test_whole_journey_annotate_train_convert_sqnr_export(  # type: ignore[no-un
     )
     _open_train_page_in_qat(page)
 
-    # QAT with the page's defaults (120 steps of 64, evaluation every 20): the charts redraw
-    # while it trains.
+    # QAT with the page's defaults (batches of 64, evaluation every 20) for 300 steps, long
+    # enough (about 10 s) for the charts to redraw several times while it trains.
+    _set_number(page, "Steps", 300)
     page.evaluate(_WATCH_LOSS)
     page.get_by_role("button", name="Start").click()
-    page.get_by_text(re.compile(r"^120 of 120 steps")).first.wait_for(timeout=180_000)
+    page.get_by_text(re.compile(r"^300 of 300 steps")).first.wait_for(timeout=180_000)
     page.wait_for_timeout(500)
     lengths = page.evaluate("window.__lossLengths")
-    partial = sorted({n for n in lengths if 0 < n < 120})
+    partial = sorted({n for n in lengths if 0 < n < 300})
     assert len(partial) >= 2, f"the loss chart was not redrawn during training: {partial}"
     drift = page.evaluate(_TRACE_NAMES, "Quality during QAT")
     assert drift == ["float", "fake-quant", "start / best / last"]
     page.screenshot(path=str(ARTIFACTS / "train_charts.png"), full_page=True)
 
+    # The page's run after training is drawn whole once Convert's state choice is there; a
+    # click during the rerun that follows the job's end can be lost.
+    page.get_by_text("the last state (step 300)").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1_000)
     page.get_by_role("button", name=re.compile(r"^Convert")).click()
     page.get_by_text("int8 against float").first.wait_for(timeout=120_000)
     page.wait_for_function(
@@ -313,7 +318,7 @@ def test_whole_journey_annotate_train_convert_sqnr_export(  # type: ignore[no-un
     assert recipe.mode == "qat" and len(recipe.overrides) == 1
     captured = capture("sample:digits_cnn")
     data = load_data("digits", captured.signature)
-    config = QatConfig(steps=120, batch_size=64, lr=1e-4)
+    config = QatConfig(steps=300, batch_size=64, lr=1e-4)
     checkpoint = workspace / "checkpoints" / "sample_digits_cnn" / "qat-checkpoint.pt"
     run = QatRun.resume(checkpoint, prepare(captured, recipe), data, config,
                         teacher=exported_stage(captured).graph_module)  # fmt: skip
